@@ -1,0 +1,124 @@
+"""Input validation shared by the public entry points.
+
+Checks run on concrete values only: inside `jit` the arguments are tracers and only shapes can be
+checked, so the public functions validate before they enter compiled code.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_MAX_LISTED = 10
+
+
+def is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def describe_indices(indices) -> str:
+    indices = np.asarray(indices).ravel()
+    shown = ", ".join(str(int(i)) for i in indices[:_MAX_LISTED])
+    more = f", ... ({indices.size} in all)" if indices.size > _MAX_LISTED else ""
+    return f"[{shown}{more}]"
+
+
+def check_key(key, name: str = "key"):
+    """Accept both new-style `jax.random.key` and legacy `jax.random.PRNGKey` keys."""
+    if key is None:
+        raise TypeError(
+            f"`{name}` is required: pass jax.random.key(seed) or jax.random.PRNGKey(seed)."
+        )
+    dtype = getattr(key, "dtype", None)
+    if dtype is None:
+        raise TypeError(f"`{name}` must be a JAX PRNG key, got {type(key).__name__}.")
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise TypeError(
+                f"`{name}` must be a single PRNG key, got a batch of shape {key.shape}."
+            )
+        return key
+    if dtype == jnp.uint32 and key.shape == (2,):
+        return key
+    raise TypeError(
+        f"`{name}` must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), "
+        f"got an array of dtype {dtype} and shape {key.shape}."
+    )
+
+
+def check_dim(d, name: str = "d") -> int:
+    if isinstance(d, bool) or not isinstance(d, int | np.integer):
+        raise TypeError(f"`{name}` must be an int, got {type(d).__name__}.")
+    if d < 2:
+        raise ValueError(
+            f"`{name}` must be at least 2 (a direction on S^(d-1) needs d >= 2), got {d}."
+        )
+    return int(d)
+
+
+def check_points(x, name: str, dim: int | None = None, allow_single: bool = False):
+    """Validate an (n, d) array of points with finite entries and nonzero rows.
+
+    Returns a float array. With `allow_single`, a (d,) vector is accepted as one point.
+    """
+    if not hasattr(x, "shape"):
+        try:
+            x = np.asarray(x, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"`{name}` must be an array of numbers: {err}") from None
+    if not jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"`{name}` must hold real numbers, got dtype {x.dtype}.")
+    expected = "(n, d) or (d,)" if allow_single else "(n, d)"
+    if x.ndim != 2 and not (allow_single and x.ndim == 1):
+        raise ValueError(f"`{name}` must be a 2-D array of shape {expected}, got shape {x.shape}.")
+    d = x.shape[-1]
+    if d < 2:
+        raise ValueError(f"`{name}` has d = {d} columns; MSGM needs d >= 2.")
+    if dim is not None and d != dim:
+        raise ValueError(f"`{name}` has {d} columns but the model has dimension d = {dim}.")
+    if x.ndim == 2 and x.shape[0] == 0:
+        raise ValueError(f"`{name}` has no rows.")
+    if is_concrete(x):
+        values = np.asarray(x).reshape(-1, d)
+        bad = ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"`{name}` has NaN or inf entries in {int(bad.sum())} row(s) at indices "
+                f"{describe_indices(np.flatnonzero(bad))}."
+            )
+        zero = ~(values != 0).any(axis=1)
+        if zero.any():
+            raise ValueError(
+                f"`{name}` has {int(zero.sum())} row(s) of zero norm at indices "
+                f"{describe_indices(np.flatnonzero(zero))}: their direction x/|x| is undefined."
+            )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return jnp.asarray(x)
+
+
+def check_times(s, n: int | None, name: str = "s"):
+    """Validate diffusion times: a scalar or one per sample, finite and >= 0."""
+    s = jnp.asarray(s, dtype=jnp.result_type(float))
+    if s.ndim > 1 or (s.ndim == 1 and n is not None and s.shape[0] != n):
+        want = "a scalar" if n is None else f"a scalar or shape ({n},)"
+        raise ValueError(f"`{name}` must be {want}, got shape {s.shape}.")
+    if is_concrete(s):
+        values = np.atleast_1d(np.asarray(s))
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ValueError(
+                f"`{name}` has NaN or inf at indices {describe_indices(np.flatnonzero(bad))}."
+            )
+        negative = values < 0
+        if negative.any():
+            raise ValueError(
+                f"`{name}` must be >= 0; it is negative at indices "
+                f"{describe_indices(np.flatnonzero(negative))} (e.g. {values[negative][0]:g})."
+            )
+    return s
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return int(value)
