@@ -45,7 +45,7 @@ def log_sphere_area(d) -> float:
 
 def _series_angle_density(theta, tau, d):
     lam = 0.5 * (d - 2)
-    n_terms = int(math.ceil(math.sqrt(2.0 * _SERIES_TAIL / tau + (0.5 * (d - 2)) ** 2))) + 2
+    n_terms = math.ceil(math.sqrt(2.0 * _SERIES_TAIL / tau + (0.5 * (d - 2)) ** 2)) + 2
     if n_terms > _MAX_TERMS:
         return None
     c = np.cos(theta)

@@ -253,7 +253,7 @@ class TensorNoise(AbstractTensorNoise):
             raise ValueError(f"`generators` must have shape (d, d, K), got {g.shape}.")
         if not np.issubdtype(g.dtype, np.floating):
             g = g.astype(float)
-        d, _, k = g.shape
+        d = g.shape[0]
         check_dim(d, "d (generators.shape[0])")
         if not np.isfinite(g).all():
             bad = np.flatnonzero(~np.isfinite(g).all(axis=(0, 1)))
