@@ -1,0 +1,32 @@
+import jax
+import numpy as np
+import pytest
+
+import msgm_pp as mp
+
+
+def explicit_tensor(noise) -> np.ndarray:
+    """The (d, d, K) tensor of a noise, read off from `apply` (G^k_{ij} = ∂(G(x) e_k)_i / ∂x_j)."""
+    d, k = noise.dim, noise.num_generators
+    columns = jax.vmap(lambda e: jax.vmap(lambda x: noise.apply(x, e))(np.eye(d)))(np.eye(k))
+    return np.asarray(columns, dtype=np.float64).transpose(2, 1, 0)
+
+
+def unit_rows(key, n, d):
+    z = jax.random.normal(key, (n, d))
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def make_noise(name: str, d: int):
+    if name == "isotropic":
+        return mp.IsotropicNoise(d)
+    if name == "dense":
+        return mp.DenseNoise(d, key=jax.random.key(d))
+    if name == "lattice":
+        return mp.LatticeNoise({3: (3,), 16: (4, 4), 1024: (32, 32)}.get(d, (d,)))
+    raise ValueError(name)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
