@@ -1,6 +1,14 @@
 """msgm_pp: multiplicative score-based generative models as NumPyro distributions."""
 
 from msgm_pp.integrators import forward_sample, forward_sample_exact
+from msgm_pp.latent import (
+    AbstractNormModel,
+    EmpiricalNorm,
+    KDEGPDNorm,
+    KDENorm,
+    Latent,
+    fit_norm_model,
+)
 from msgm_pp.noise import (
     AbstractNoise,
     DenseNoise,
@@ -14,11 +22,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbstractNoise",
+    "AbstractNormModel",
     "DenseNoise",
+    "EmpiricalNorm",
     "IsotropicNoise",
+    "KDEGPDNorm",
+    "KDENorm",
+    "Latent",
     "LatticeNoise",
     "LinearSchedule",
     "TensorNoise",
+    "fit_norm_model",
     "forward_sample",
     "forward_sample_exact",
     "mixing_schedule",

@@ -147,15 +147,17 @@ def angle_table(d: int) -> AngleTable:
     return AngleTable(np.log(taus), z, float(switch_tau), switch_error)
 
 
-def sample_angle(key, tau, d: int):
-    """Draw θ = arccos(u_τ · u_0) for Brownian motion on S^{d−1} (3 <= d <= 64), shape of `tau`."""
+def angle_quantile(p, tau, d: int):
+    """The p-quantile of θ = arccos(u_τ · u_0) for Brownian motion on S^{d−1} (3 <= d <= 64),
+    interpolated bilinearly in (log τ, p) from :func:`angle_table`; below the table's smallest τ the
+    short-time scaling θ ∝ √τ is exact to the table's accuracy, above its largest τ the law is
+    uniform on the sphere to 1e-10."""
     table = angle_table(d)
-    tau = jnp.asarray(tau)
-    dtype = tau.dtype if jnp.issubdtype(tau.dtype, jnp.floating) else jnp.result_type(float)
-    tau = tau.astype(dtype)
+    p, tau = jnp.broadcast_arrays(jnp.asarray(p), jnp.asarray(tau))
+    dtype = jnp.result_type(p.dtype, tau.dtype, float)
+    p, tau = p.astype(dtype), tau.astype(dtype)
     log_tau, z = jnp.asarray(table.log_tau, dtype), jnp.asarray(table.z, dtype)
-    uniform = jax.random.uniform(key, tau.shape, dtype)
-    p_index = jnp.arccos(1.0 - 2.0 * uniform) * ((_N_PROB - 1) / math.pi)
+    p_index = jnp.arccos(1.0 - 2.0 * p) * ((_N_PROB - 1) / math.pi)
     j = jnp.clip(jnp.floor(p_index), 0, _N_PROB - 2).astype(jnp.int32)
     wj = p_index - j
     step = (table.log_tau[-1] - table.log_tau[0]) / (_N_TAU - 1)
@@ -167,6 +169,13 @@ def sample_angle(key, tau, d: int):
     z_hi = (1 - wj) * z[k + 1, j] + wj * z[k + 1, j + 1]
     scale = jnp.sqrt(jnp.minimum(tau, jnp.exp(log_tau[-1])))
     return ((1 - wk) * z_lo + wk * z_hi) * scale
+
+
+def sample_angle(key, tau, d: int):
+    """Draw θ = arccos(u_τ · u_0) for Brownian motion on S^{d−1} (3 <= d <= 64), shape of `tau`."""
+    tau = jnp.asarray(tau)
+    dtype = tau.dtype if jnp.issubdtype(tau.dtype, jnp.floating) else jnp.result_type(float)
+    return angle_quantile(jax.random.uniform(key, tau.shape, dtype), tau.astype(dtype), d)
 
 
 def sample_direction(key, u0, tau):

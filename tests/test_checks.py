@@ -1,0 +1,67 @@
+"""Bad input gets a ValueError or TypeError that says what is wrong and where."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import msgm_pp as mp
+
+NOISE = mp.IsotropicNoise(3)
+KEY = jax.random.key(0)
+
+
+def points(n=6):
+    return np.arange(1.0, 3 * n + 1).reshape(n, 3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_rows_are_listed(bad):
+    x = points()
+    x[[0, 5], 1] = bad
+    with pytest.raises(
+        ValueError, match=r"`x0` has NaN or inf entries in 2 row\(s\) at indices \[0, 5\]"
+    ):
+        mp.forward_sample(NOISE, x, 0.1, key=KEY)
+
+
+def test_zero_rows_are_listed():
+    x = points(30)
+    x[3:25] = 0.0
+    with pytest.raises(
+        ValueError, match=r"22 row\(s\) of zero norm at indices \[3, 4, .*\(22 in all\)\]"
+    ):
+        mp.forward_sample(NOISE, x, 0.1, key=KEY)
+
+
+def test_shapes_are_checked():
+    with pytest.raises(
+        ValueError, match=r"2-D array of shape \(n, d\) or \(d,\), got shape \(2, 2, 3\)"
+    ):
+        mp.forward_sample(NOISE, np.ones((2, 2, 3)), 0.1, key=KEY)
+    with pytest.raises(ValueError, match="has 4 columns but the model has dimension d = 3"):
+        mp.forward_sample(NOISE, np.ones((2, 4)), 0.1, key=KEY)
+    with pytest.raises(ValueError, match="has no rows"):
+        mp.forward_sample(NOISE, np.ones((0, 3)), 0.1, key=KEY)
+
+
+def test_negative_or_non_finite_times_are_listed():
+    with pytest.raises(ValueError, match=r"`s` must be >= 0; it is negative at indices \[1, 3\]"):
+        mp.forward_sample(NOISE, points(4), jnp.array([0.1, -0.2, 0.3, -1.0]), key=KEY)
+    with pytest.raises(ValueError, match=r"`s` has NaN or inf at indices \[0\]"):
+        mp.forward_sample(NOISE, points(2), jnp.array([jnp.nan, 0.1]), key=KEY)
+    with pytest.raises(ValueError, match=r"scalar or shape \(4,\)"):
+        mp.forward_sample(NOISE, points(4), jnp.ones(3), key=KEY)
+
+
+def test_keys_steps_and_types_are_checked():
+    with pytest.raises(TypeError, match="PRNG key"):
+        mp.forward_sample(NOISE, points(), 0.1, key=42)
+    with pytest.raises(TypeError, match="required"):
+        mp.forward_sample(NOISE, points(), 0.1, key=None)
+    with pytest.raises(ValueError, match="`steps` must be a positive int"):
+        mp.forward_sample(NOISE, points(), 0.1, key=KEY, steps=0)
+    with pytest.raises(TypeError, match="msgm_pp noise"):
+        mp.forward_sample("isotropic", points(), 0.1, key=KEY)
+    with pytest.raises(TypeError, match="real numbers"):
+        mp.forward_sample(NOISE, np.array([["a", "b", "c"]]), 0.1, key=KEY)

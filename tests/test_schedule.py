@@ -1,0 +1,66 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate
+from scipy.linalg import expm
+
+import msgm_pp as mp
+from msgm_pp.integrators import simulate_directions
+
+
+def test_linear_schedule_integral_matches_quadrature():
+    schedule = mp.LinearSchedule(0.3, 7.0, T=2.0)
+    for s in (0.0, 0.4, 2.0, 3.0):
+        exact, _ = integrate.quad(lambda t: float(schedule.beta(t)), 0, s)
+        assert math.isclose(float(schedule.integral(s)), exact, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def test_schedule_arguments_are_validated():
+    with pytest.raises(ValueError, match="beta_min <= beta_max"):
+        mp.LinearSchedule(2.0, 1.0)
+    with pytest.raises(ValueError, match="T > 0"):
+        mp.LinearSchedule(0.1, 1.0, T=0.0)
+    with pytest.raises(ValueError, match="tol"):
+        mp.mixing_schedule(mp.IsotropicNoise(3), tol=2.0)
+
+
+@pytest.mark.parametrize(
+    "noise", [mp.IsotropicNoise(8), mp.LatticeNoise((32,)), mp.LatticeNoise((8, 8))]
+)
+def test_mixing_schedule_reaches_the_tolerance(noise):
+    schedule = mp.mixing_schedule(noise, tol=1e-2, T=1.0)
+    assert math.isclose(
+        float(schedule.integral(1.0)) * noise.mixing_rate(), math.log(100), rel_tol=1e-6
+    )
+    assert math.isclose(schedule.beta_max / schedule.beta_min, 100, rel_tol=1e-9)
+
+
+def test_lattice_energy_profile_mixes_within_the_stated_tolerance():
+    """The slow lattice modes live in the energy profile E[u_i²], which obeys dE/dτ = −½(D − A) E
+    exactly. From u_0 = e_0 the deviation at site 0 is at most (1 − 1/d) exp(−rate·τ): at s = T of
+    `mixing_schedule(tol)` it is below tol·(1 − 1/d) (up to 4 SE); at T/4 it matches the exact
+    matrix exponential and is clearly above the tolerance."""
+    noise = mp.LatticeNoise((24,))
+    d, n, tol = noise.dim, 20000, 0.05
+    schedule = mp.mixing_schedule(noise, tol=tol)
+    u0 = jnp.zeros((n, d)).at[:, 0].set(1.0)
+    start = 1 - 1 / d
+
+    def energy_deviation(s):
+        tau = float(schedule.integral(s))
+        u = simulate_directions(
+            noise, u0, jnp.full(n, tau), jax.random.key(int(100 * s)), math.ceil(tau / 0.05)
+        )
+        energy = np.asarray(u[:, 0], np.float64) ** 2
+        return energy.mean() - 1 / d, energy.std() / math.sqrt(n)
+
+    deviation, se = energy_deviation(1.0)
+    assert deviation < tol * start + 4 * se
+    laplacian = 2 * np.eye(d) - np.roll(np.eye(d), 1, 0) - np.roll(np.eye(d), -1, 0)
+    exact = expm(-0.5 * float(schedule.integral(0.25)) * laplacian)[0, 0] - 1 / d
+    early, se = energy_deviation(0.25)
+    assert early > tol * start + 4 * se
+    assert abs(early - exact) < 4 * se + 5e-3 * exact
