@@ -8,29 +8,20 @@ are kept and directions become uniform, i.e. that the data are carried to the fi
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import msgm_pp as mp
 from msgm_pp.datasets import CorrelatedCauchy
+from msgm_pp.diagnostics import direction_moment_z_scores
 
 
 def _direction_z_score(x) -> float:
-    """Largest |mean − uniform value| / SE over the entries of u and u uᵀ, u = x/|x|.
-
-    Uniform directions give O(1) values; anisotropic data give large ones."""
-    u = np.asarray(x / jnp.linalg.norm(x, axis=1, keepdims=True), np.float64)
-    i, j = np.triu_indices(u.shape[1])
-    moments = np.concatenate([u, u[:, i] * u[:, j]], axis=1)
-    target = np.concatenate([np.zeros(u.shape[1]), (i == j) / u.shape[1]])
-    standard_error = moments.std(0) / math.sqrt(len(u))
-    return float((np.abs(moments.mean(0) - target) / standard_error).max())
+    return float(direction_moment_z_scores(x).max())
 
 
 def demo(output: Path, fast: bool, seed: int) -> dict:
