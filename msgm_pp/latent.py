@@ -36,7 +36,7 @@ from numpyro.distributions import constraints
 from scipy.optimize import minimize_scalar
 from scipy.special import log_ndtr, logsumexp, ndtr
 
-from msgm_pp._checks import check_dim, check_points, check_positive_int
+from msgm_pp._checks import check_dim, check_points
 from msgm_pp.heat_kernel import log_sphere_area
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -392,10 +392,3 @@ class Latent(dist.Distribution):
     def log_prob(self, value):
         log_r = log_norm(value)
         return self.norm_model.log_prob(log_r) - self.dim * log_r - log_sphere_area(self.dim)
-
-
-def sample_uniform_directions(key, n: int, d: int):
-    """n directions uniform on S^{d−1}."""
-    check_positive_int(n, "n")
-    z = jax.random.normal(key, (n, check_dim(d, "d")))
-    return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
