@@ -352,7 +352,8 @@ def fit_norm_model(data, kind: str = "kde+gpd", **options) -> AbstractNormModel:
     `options` go to the model's `fit` (bandwidth, tail_fraction)."""
     if kind not in NORM_MODELS:
         raise ValueError(f"unknown norm model {kind!r}; choose one of {sorted(NORM_MODELS)}.")
-    x = np.asarray(check_points(data, "data"), dtype=np.float64)
+    check_points(data, "data")
+    x = np.asarray(data, dtype=np.float64)
     return NORM_MODELS[kind].fit(np.log(np.linalg.norm(x, axis=1)), **options)
 
 

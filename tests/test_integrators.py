@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_noise, unit_rows
+from conftest import explicit_tensor, make_noise, unit_rows
 from scipy import stats
 
 import msgm_pp as mp
@@ -81,7 +81,7 @@ def test_one_step_matches_the_ito_generator(name, d):
     def phi(x):
         return jnp.sin(x @ a) + (x @ b) ** 2
 
-    g = np.einsum("ijk,j->ik", _tensor(noise), u0)
+    g = np.einsum("ijk,j->ik", explicit_tensor(noise), u0)
     sigma = g @ g.T
     hessian = -math.sin(u0 @ a) * np.outer(a, a) + 2 * np.outer(b, b)
     grad = math.cos(u0 @ a) * a + 2 * (u0 @ b) * b
@@ -96,12 +96,6 @@ def test_one_step_matches_the_ito_generator(name, d):
     assert abs(pair.mean() - generator) < 4 * pair.std() / math.sqrt(n) + 1e-3 * (
         1 + abs(generator)
     )
-
-
-def _tensor(noise):
-    from conftest import explicit_tensor
-
-    return explicit_tensor(noise)
 
 
 @pytest.mark.parametrize("d", [3, 16])
