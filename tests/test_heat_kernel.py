@@ -105,3 +105,86 @@ def test_dimension_outside_the_table_is_refused():
 def test_log_sphere_area():
     assert math.isclose(hk.log_sphere_area(2), math.log(2 * math.pi))
     assert math.isclose(hk.log_sphere_area(3), math.log(4 * math.pi))
+
+
+def _points_at_angles(theta, d):
+    """Unit vectors at angles θ from u0 = e_1, in the (e_1, e_2) plane."""
+    u = np.zeros((theta.size, d))
+    u[:, 0], u[:, 1] = np.cos(theta), np.sin(theta)
+    u0 = np.zeros(d)
+    u0[0] = 1.0
+    return jnp.asarray(u, jnp.float32), jnp.asarray(u0, jnp.float32)
+
+
+def _reference_ratio(theta, tau, d):
+    """f'/f (derivative in c = cos θ) by the Gegenbauer series in 60-digit arithmetic."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(60):
+        lam = mpmath.mpf(d - 2) / 2
+        c, tau = mpmath.cos(mpmath.mpf(float(theta))), mpmath.mpf(float(tau))
+        p_prev, p, dp_prev, dp = mpmath.mpf(1), c, mpmath.mpf(0), mpmath.mpf(1)
+        w = d * mpmath.exp(-(d - 1) * tau / 2)
+        f, df = 1 + w * p, w * dp
+        l = 1
+        while True:
+            l += 1
+            a, b = 2 * (l + lam - 1) / (l + 2 * lam - 1), mpmath.mpf(l - 1) / (l + 2 * lam - 1)
+            p_prev, p = p, a * c * p - b * p_prev
+            dp_prev, dp = dp, a * (p_prev + c * dp) - b * dp_prev
+            log_n = (
+                mpmath.log(2 * l + d - 2)
+                + mpmath.loggamma(l + d - 2)
+                - mpmath.loggamma(l + 1)
+                - mpmath.loggamma(d - 1)
+            )
+            w = mpmath.exp(log_n - l * (l + d - 2) * tau / 2)
+            f, df = f + w * p, df + w * dp
+            if l * (l + d - 2) * tau / 2 - log_n > 120:
+                return float(df / f)
+
+
+@pytest.mark.parametrize("d", [2, 3, 5, 16, 32])
+def test_dsm_target_matches_high_precision_series(d):
+    """|target| / sin θ = f'/f to 1e-4 relative for angles up to 0.9 θ_top(τ)."""
+    rng = np.random.default_rng(d)
+    for tau in np.geomspace(1e-4, 8.0 / (d - 1), 9):
+        theta = rng.uniform(0.02, 0.9, 4) * hk._kernel_theta_top(tau, d)
+        theta = theta[np.sin(theta) > 1e-2]
+        u, u0 = _points_at_angles(theta, d)
+        target = np.asarray(hk.heat_kernel_score(u, u0, tau), dtype=np.float64)
+        ratio = np.linalg.norm(target, axis=1) / np.sin(theta)
+        reference = np.array([_reference_ratio(t, tau, d) for t in theta])
+        np.testing.assert_allclose(ratio, reference, rtol=1e-4)
+        tangential = np.sum(np.asarray(u) * target, axis=1) / ratio
+        np.testing.assert_allclose(tangential, 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("d", "tau"), [(2, 0.01), (3, 1e-3), (4, 0.3), (16, 0.05), (32, 0.1)])
+def test_dsm_target_is_the_gradient_of_the_log_kernel(d, tau):
+    """(f'/f)(u0 − c u) against central differences of `log_heat_kernel` along the geodesic."""
+    top = hk._kernel_theta_top(tau, d)
+    theta = np.linspace(0.05, 0.85, 9) * top
+    delta = top / 64
+    u, u0 = _points_at_angles(theta, d)
+    plus, _ = _points_at_angles(theta + delta, d)
+    minus, _ = _points_at_angles(theta - delta, d)
+    slope = (hk.log_heat_kernel(plus, u0, tau) - hk.log_heat_kernel(minus, u0, tau)) / (2 * delta)
+    target = hk.heat_kernel_score(u, u0, tau)
+    along_geodesic = jnp.stack([-jnp.sin(theta), jnp.cos(theta)], axis=1)
+    np.testing.assert_allclose(
+        np.asarray(jnp.sum(target[:, :2] * along_geodesic, axis=1)), slope, rtol=2e-3
+    )
+
+
+@pytest.mark.parametrize(("d", "tau"), [(2, 0.01), (3, 1e-4), (3, 0.5), (8, 0.02), (32, 0.004)])
+def test_tabulated_kernel_integrates_to_one_over_the_sphere(d, tau):
+    theta = np.linspace(0.0, np.pi, 20001)
+    u, u0 = _points_at_angles(theta, d)
+    density = np.exp(np.asarray(hk.log_heat_kernel(u, u0, tau), dtype=np.float64))
+    angle_density = np.exp(hk.log_sphere_area(d - 1)) * density * np.sin(theta) ** (d - 2)
+    assert abs(integrate.simpson(angle_density, x=theta) - 1) < 1e-4
+
+
+def test_dsm_tables_stop_at_d_32():
+    with pytest.raises(ValueError, match="loss='ssm'"):
+        hk.kernel_table(33)
