@@ -1,5 +1,6 @@
 """msgm_pp: multiplicative score-based generative models as NumPyro distributions."""
 
+from msgm_pp.distribution import MSGM
 from msgm_pp.integrators import forward_sample, forward_sample_exact
 from msgm_pp.latent import (
     AbstractNormModel,
@@ -9,6 +10,7 @@ from msgm_pp.latent import (
     Latent,
     fit_norm_model,
 )
+from msgm_pp.nets import LatticeScoreNet, ScoreMLP
 from msgm_pp.noise import (
     AbstractNoise,
     DenseNoise,
@@ -17,10 +19,13 @@ from msgm_pp.noise import (
     TensorNoise,
 )
 from msgm_pp.schedule import LinearSchedule, mixing_schedule
+from msgm_pp.score import TangentScore
+from msgm_pp.train import TrainingHistory
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MSGM",
     "AbstractNoise",
     "AbstractNormModel",
     "DenseNoise",
@@ -30,8 +35,12 @@ __all__ = [
     "KDENorm",
     "Latent",
     "LatticeNoise",
+    "LatticeScoreNet",
     "LinearSchedule",
+    "ScoreMLP",
+    "TangentScore",
     "TensorNoise",
+    "TrainingHistory",
     "fit_norm_model",
     "forward_sample",
     "forward_sample_exact",

@@ -82,6 +82,11 @@ class AbstractNoise(eqx.Module):
     def mixing_rate(self) -> float:
         """Slowest decay rate of E[u] and E[u uᵀ] − I/d per unit of τ = ∫β."""
 
+    @abc.abstractmethod
+    def trace_ito(self):
+        """tr L = −½ Σ_k |G^k|²_F. A unit direction spreads as E|u_τ − u_0|² ≈ −2 tr(L) τ / d on
+        average over u_0."""
+
     def _diffusion(self, x, v):
         return self._apply(x, self._apply_transpose(x, v))
 
@@ -157,6 +162,9 @@ class IsotropicNoise(AbstractNoise):
     def mixing_rate(self) -> float:
         return 0.5 * (self.dim - 1)
 
+    def trace_ito(self):
+        return -0.5 * self.dim * (self.dim - 1)
+
 
 class AbstractTensorNoise(AbstractNoise):
     """A noise given by an explicit tensor `generators` of shape (d, d, K), G^k_{ij}.
@@ -199,6 +207,9 @@ class AbstractTensorNoise(AbstractNoise):
 
     def mixing_rate(self) -> float:
         return _tensor_mixing_rate(np.asarray(self.generators, dtype=np.float64))
+
+    def trace_ito(self):
+        return -0.5 * jnp.sum(self.generators**2)
 
 
 _SECOND_MOMENT_MAX_DIM = 48
@@ -371,6 +382,9 @@ class LatticeNoise(AbstractNoise):
         for axis, masks, fractions in _strang_sweep(self.shape):
             u = _rotate_along(u, phi[axis], axis, masks, fractions)
         return u.ravel()
+
+    def trace_ito(self):
+        return -0.25 * self.degree * self.dim
 
     def mixing_rate(self) -> float:
         laplacian_gap = 2.0 - 2.0 * math.cos(2.0 * math.pi / max(self.shape))

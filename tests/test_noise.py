@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import explicit_tensor, unit_rows
+from conftest import explicit_tensor, make_noise, unit_rows
 
 import msgm_pp as mp
 from msgm_pp.noise import _tensor_mixing_rate
@@ -187,3 +187,10 @@ def test_dimension_below_two_is_refused(bad):
 def test_dense_noise_needs_a_key():
     with pytest.raises(TypeError, match="PRNG key"):
         mp.DenseNoise(3, key=0)
+
+
+@pytest.mark.parametrize("name", ["isotropic", "dense", "lattice"])
+def test_trace_ito_matches_the_explicit_tensor(name):
+    noise = make_noise(name, 16 if name == "lattice" else 5)
+    g = explicit_tensor(noise)
+    np.testing.assert_allclose(float(noise.trace_ito()), -0.5 * np.sum(g**2), rtol=1e-5)

@@ -1,0 +1,142 @@
+r"""Score-matching losses for the tangent score g_θ (see :mod:`msgm_pp.score`).
+
+A batch is (u_0, ℓ): unit directions (n, d) and log-norms (n,) of data points. Each loss draws
+s ~ U[t_ε, T], moves u_0 to u_s with the forward noise, and averages λ(s) × a per-sample term, with
+λ from `TangentScore.loss_weight` (or 1 when `weighted=False`, as in the paper). All three have the
+same minimiser, the true tangent score; they differ in variance and cost.
+
+- ``"ssm"``, sliced score matching (the paper's loss), per sample
+  ½ gᵀΣ(u)g + vᵀ ∇(Σ(u)g) v with v a Rademacher vector: one jvp per sample. With x = r u the
+  ambient divergence of Σ(x)ŝ(x) equals the divergence on the unit sphere of Σ(u)g at fixed ℓ, so
+  the term is computed on u and is O(1) whatever |x| is.
+- ``"ism"``, implicit score matching: the same with the exact trace of the Jacobian (d jvps per
+  sample; affordable for small d).
+- ``"dsm"``, denoising score matching for isotropic noise: ½ |g(u_s) − ∇_S log f_τ(u_s · u_0)|²
+  with the exact spherical heat-kernel target (:func:`msgm_pp.heat_kernel.heat_kernel_score`).
+
+The forward draw is exact for isotropic noise (the tabulated heat kernel, d <= 64) and otherwise
+uses `forward_steps` steps of the norm-preserving integrator.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from msgm_pp.heat_kernel import DSM_MAX_DIM, MAX_TABULATED_DIM, heat_kernel_score, sample_direction
+from msgm_pp.integrators import simulate_directions
+from msgm_pp.noise import IsotropicNoise
+from msgm_pp.score import TangentScore
+
+LOSS_NAMES = ("ssm", "ism", "dsm")
+
+
+def perturb_directions(noise, u0, tau, key, forward_steps: int = 16):
+    """Draw u_τ given u_0 (n, d) for intensities τ (n,)."""
+    if isinstance(noise, IsotropicNoise) and noise.dim <= MAX_TABULATED_DIM:
+        return sample_direction(key, u0, tau)
+    return simulate_directions(noise, u0, tau, key, forward_steps)
+
+
+def _noised_batch(score: TangentScore, batch, key, forward_steps):
+    u0, log_r = batch
+    time_key, noise_key, extra_key = jax.random.split(key, 3)
+    s = jax.random.uniform(
+        time_key, log_r.shape, u0.dtype, minval=score.t_eps, maxval=score.schedule.T
+    )
+    tau = score.tau(s)
+    return (
+        u0,
+        log_r,
+        s,
+        tau,
+        perturb_directions(score.noise, u0, tau, noise_key, forward_steps),
+        extra_key,
+    )
+
+
+def _field_and_score(score, log_r, s):
+    """y ↦ (Σ(û) g(û, ℓ, s), g) with û = y/|y|: the field is 0-homogeneous in y."""
+
+    def field(y):
+        u = y / jnp.linalg.norm(y)
+        g = score(u, log_r, s)
+        return score.noise._diffusion(u, g), g
+
+    return field
+
+
+def _ssm_term(score, u, log_r, s, v):
+    drift, jv, g = jax.jvp(_field_and_score(score, log_r, s), (u,), (v,), has_aux=True)
+    return 0.5 * jnp.dot(g, drift) + jnp.dot(v, jv)
+
+
+def _ism_term(score, u, log_r, s):
+    jacobian, g = jax.jacfwd(_field_and_score(score, log_r, s), has_aux=True)(u)
+    return 0.5 * jnp.dot(g, score.noise._diffusion(u, g)) + jnp.trace(jacobian)
+
+
+def _dsm_term(score, u, u0, log_r, s, tau):
+    return 0.5 * jnp.sum((score(u, log_r, s) - heat_kernel_score(u, u0, tau)) ** 2)
+
+
+def _weighted_mean(score, s, terms, weighted):
+    return jnp.mean(score.loss_weight(s) * terms) if weighted else jnp.mean(terms)
+
+
+def ssm_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weighted: bool = True):
+    """Sliced score matching with Rademacher slices (one jvp per sample)."""
+    _, log_r, s, _, u, slice_key = _noised_batch(score, batch, key, forward_steps)
+    v = jax.random.rademacher(slice_key, u.shape, u.dtype)
+    terms = jax.vmap(_ssm_term, in_axes=(None, 0, 0, 0, 0))(score, u, log_r, s, v)
+    return _weighted_mean(score, s, terms, weighted)
+
+
+def ism_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weighted: bool = True):
+    """Implicit score matching with the exact Jacobian trace (d jvps per sample)."""
+    _, log_r, s, _, u, _ = _noised_batch(score, batch, key, forward_steps)
+    terms = jax.vmap(_ism_term, in_axes=(None, 0, 0, 0))(score, u, log_r, s)
+    return _weighted_mean(score, s, terms, weighted)
+
+
+def dsm_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weighted: bool = True):
+    """Denoising score matching against the exact heat-kernel target (isotropic noise)."""
+    u0, log_r, s, tau, u, _ = _noised_batch(score, batch, key, forward_steps)
+    terms = jax.vmap(_dsm_term, in_axes=(None, 0, 0, 0, 0, 0))(score, u, u0, log_r, s, tau)
+    return _weighted_mean(score, s, terms, weighted)
+
+
+_LOSSES = {"ssm": ssm_loss, "ism": ism_loss, "dsm": dsm_loss}
+
+
+class ScoreMatchingLoss(eqx.Module):
+    """A loss (score, batch, key) -> scalar, compared by value so compiled training is reused."""
+
+    name: str = eqx.field(static=True)
+    forward_steps: int = eqx.field(static=True, default=16)
+    weighted: bool = eqx.field(static=True, default=True)
+
+    def __call__(self, score, batch, key):
+        loss = _LOSSES[self.name]
+        return loss(score, batch, key, forward_steps=self.forward_steps, weighted=self.weighted)
+
+
+def make_loss(name: str, noise, *, forward_steps: int = 16, weighted: bool = True):
+    """The loss `name` ("ssm", "ism" or "dsm") for `noise`, checked for applicability."""
+    if name not in LOSS_NAMES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {list(LOSS_NAMES)}.")
+    if name == "dsm" and not (isinstance(noise, IsotropicNoise) and noise.dim <= DSM_MAX_DIM):
+        raise ValueError(
+            "loss='dsm' needs the exact transition density, known for IsotropicNoise with "
+            f"d <= {DSM_MAX_DIM}; got {type(noise).__name__} with d = {noise.dim}. Use loss='ssm'."
+        )
+    return ScoreMatchingLoss(name, int(forward_steps), bool(weighted))
+
+
+class NetworkLoss(eqx.Module):
+    """(net, batch, key) -> loss of `score` with its network replaced by `net`."""
+
+    score: TangentScore
+    loss: eqx.Module
+
+    def __call__(self, net, batch, key):
+        return self.loss(eqx.tree_at(lambda sc: sc.net, self.score, net), batch, key)

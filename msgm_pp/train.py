@@ -1,0 +1,225 @@
+"""Training loop shared by the MSGM and the SGM baseline.
+
+`fit_network` optimises the inexact arrays of `net` against `loss(net, batch, key)`:
+
+- minibatches of `batch_size` rows are drawn with replacement inside the compiled step, and
+  `eval_every` steps run as one `lax.scan`, so Python is entered only between evaluations;
+- a validation split (fixed at the start) is scored after each chunk with a fixed key (common
+  random numbers, so successive values differ by the parameters only); the parameters with the
+  best validation loss are returned, and training stops after `patience` evaluations without
+  improvement;
+- a non-finite loss or gradient freezes the parameters at their last finite values and stops
+  training with a warning; Ctrl-C stops it too, and both return the best parameters so far;
+- a tqdm progress bar shows the losses (on by default in a terminal only).
+
+Everything is a pure function of `key`: the same key gives the same parameters.
+"""
+
+import math
+import sys
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from msgm_pp._checks import check_key, check_positive_int
+
+
+class TrainingHistory(eqx.Module):
+    """Losses recorded by `fit_network`.
+
+    train_loss: the minibatch loss at every step taken. validation_loss, validation_step: the
+    validation loss after each chunk (entry 0 is the initial network, at step 0). best_step: the
+    step whose parameters were kept. stop_reason: "steps", "early stopping", "non-finite loss" or
+    "interrupted".
+    """
+
+    train_loss: jax.Array
+    validation_loss: jax.Array
+    validation_step: jax.Array
+    best_step: int = eqx.field(static=True)
+    stop_reason: str = eqx.field(static=True)
+
+
+def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None):
+    """Adam with an optional global-norm gradient clip; `learning_rate` may be an optax schedule."""
+    adam = optax.adam(learning_rate)
+    return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
+
+
+def split_validation(key, num_rows: int, validation_fraction: float):
+    """Random (train, validation) row indices; validation is empty for a fraction of 0."""
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"`validation_fraction` must lie in [0, 1), got {validation_fraction}.")
+    num_validation = round(validation_fraction * num_rows)
+    if validation_fraction > 0:
+        num_validation = max(num_validation, 1)
+    if num_rows - num_validation < 1:
+        raise ValueError(
+            f"{num_rows} data rows leave nothing to train on after the validation split."
+        )
+    order = np.asarray(jax.random.permutation(key, num_rows))
+    return order[num_validation:], order[:num_validation]
+
+
+def _tree_all_finite(tree):
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _select(flag, new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
+@eqx.filter_jit
+def _train_chunk(params, static, opt_state, optimizer, loss, data, keys, batch_size):
+    num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
+
+    def step(carry, key):
+        params, opt_state, finite = carry
+        batch_key, loss_key = jax.random.split(key)
+        rows = jax.random.randint(batch_key, (batch_size,), 0, num_rows)
+        batch = jax.tree_util.tree_map(lambda a: a[rows], data)
+        value, grads = jax.value_and_grad(lambda p: loss(eqx.combine(p, static), batch, loss_key))(
+            params
+        )
+        updates, new_state = optimizer.update(grads, opt_state, params)
+        new_params = eqx.apply_updates(params, updates)
+        finite = finite & jnp.isfinite(value) & _tree_all_finite(grads)
+        carry = (_select(finite, new_params, params), _select(finite, new_state, opt_state), finite)
+        return carry, value
+
+    (params, opt_state, finite), values = jax.lax.scan(
+        step, (params, opt_state, jnp.asarray(True)), keys
+    )
+    return params, opt_state, finite, values
+
+
+@eqx.filter_jit
+def _evaluate(params, static, loss, data, key, repeats):
+    keys = jax.random.split(key, repeats)
+    return jnp.mean(jax.vmap(lambda k: loss(eqx.combine(params, static), data, k))(keys))
+
+
+def fit_network(
+    net,
+    loss,
+    data,
+    *,
+    key,
+    steps: int = 5000,
+    batch_size: int = 256,
+    optimizer: optax.GradientTransformation | None = None,
+    validation_fraction: float = 0.1,
+    patience: int | None = 10,
+    eval_every: int = 250,
+    validation_size: int = 4096,
+    progress: bool | None = None,
+):
+    """Minimise `loss(net, batch, key)` over the inexact arrays of `net`; see the module docstring.
+
+    Args:
+        net: an Equinox module (only its inexact arrays are trained).
+        loss: (net, batch, key) -> scalar, where batch is `data` restricted to some rows.
+        data: a pytree of arrays sharing the leading axis (rows).
+        key: a JAX PRNG key.
+        steps: maximum number of optimiser steps.
+        batch_size: rows per step.
+        optimizer: an optax transformation; `make_optimizer()` (Adam, lr 1e-3) by default.
+        validation_fraction: share of rows held out for validation and early stopping.
+        patience: evaluations without improvement before stopping (None: never stop early).
+        eval_every: steps per compiled chunk, between validation evaluations.
+        validation_size: validation points scored per evaluation (the held-out rows repeated with
+            fresh noise until at least this many).
+        progress: show a progress bar; None shows it only when stderr is a terminal.
+
+    Returns:
+        (trained net, TrainingHistory).
+    """
+    steps = check_positive_int(steps, "steps")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    eval_every = check_positive_int(eval_every, "eval_every")
+    if patience is not None:
+        patience = check_positive_int(patience, "patience")
+    optimizer = make_optimizer() if optimizer is None else optimizer
+    split_key, validation_key, train_key = jax.random.split(check_key(key), 3)
+    num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
+    train_rows, validation_rows = split_validation(split_key, num_rows, validation_fraction)
+    train_data = jax.tree_util.tree_map(lambda a: a[train_rows], data)
+    validation_data = jax.tree_util.tree_map(lambda a: a[validation_rows], data)
+    repeats = math.ceil(validation_size / max(validation_rows.size, 1))
+
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+
+    def validate(params):
+        if validation_rows.size == 0:
+            return math.nan
+        return float(_evaluate(params, static, loss, validation_data, validation_key, repeats))
+
+    best_params, best_step, best_value = params, 0, validate(params)
+    validation_losses, validation_steps, train_losses = [best_value], [0], []
+    stop_reason, since_best, done = "steps", 0, 0
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    bar = tqdm(total=steps, disable=not show, desc="training", leave=False)
+    try:
+        while done < steps:
+            chunk = min(eval_every, steps - done)
+            keys = jax.random.split(jax.random.fold_in(train_key, done), chunk)
+            params, opt_state, finite, values = _train_chunk(
+                params, static, opt_state, optimizer, loss, train_data, keys, batch_size
+            )
+            values = np.asarray(values)
+            if not bool(finite):
+                bad = (
+                    int(np.flatnonzero(~np.isfinite(values))[0])
+                    if not np.isfinite(values).all()
+                    else 0
+                )
+                train_losses.extend(values[:bad].tolist())
+                done += bad
+                stop_reason = "non-finite loss"
+                warnings.warn(
+                    f"training stopped at step {done}: the loss or its gradient became NaN or inf. "
+                    f"Returning the parameters with the best validation loss (step {best_step}); "
+                    "try a smaller learning_rate, clip_norm, or a larger t_eps.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                break
+            train_losses.extend(values.tolist())
+            done += chunk
+            bar.update(chunk)
+            value = validate(params)
+            validation_losses.append(value)
+            validation_steps.append(done)
+            if validation_rows.size == 0 or value < best_value:
+                best_params, best_step, best_value, since_best = params, done, value, 0
+            else:
+                since_best += 1
+            bar.set_postfix(train=f"{values.mean():.4g}", validation=f"{value:.4g}")
+            if patience is not None and since_best >= patience:
+                stop_reason = "early stopping"
+                break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+        warnings.warn(
+            f"training interrupted at step {done}; returning the best parameters so far "
+            f"(step {best_step}).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    finally:
+        bar.close()
+    history = TrainingHistory(
+        train_loss=jnp.asarray(train_losses),
+        validation_loss=jnp.asarray(validation_losses),
+        validation_step=jnp.asarray(validation_steps),
+        best_step=best_step,
+        stop_reason=stop_reason,
+    )
+    return eqx.combine(best_params, static), history

@@ -1,0 +1,81 @@
+"""Score-matching losses against closed forms, and the agreement of their estimators."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_noise, unit_rows
+
+import msgm_pp as mp
+from msgm_pp.losses import _ism_term, _ssm_term, make_loss
+from msgm_pp.nets import ScoreMLP
+from msgm_pp.score import TangentScore
+
+
+class LinearField(eqx.Module):
+    """g(u) = A u, whatever the norm and time."""
+
+    matrix: jax.Array
+
+    def __call__(self, u, z, t):
+        return self.matrix @ u
+
+
+def _score(noise, net):
+    return TangentScore(net, noise, mp.mixing_schedule(noise), 0.0, 1.0, 1e-3)
+
+
+def test_ism_term_matches_the_divergence_on_the_sphere():
+    """For isotropic noise and g = P A u: ½|P A u|² + tr A − d uᵀAu."""
+    d = 5
+    a = jax.random.normal(jax.random.key(0), (d, d))
+    score = _score(mp.IsotropicNoise(d), LinearField(a))
+    for u in unit_rows(jax.random.key(1), 6, d):
+        g = a @ u - (u @ a @ u) * u
+        expected = 0.5 * g @ g + jnp.trace(a) - d * (u @ a @ u)
+        np.testing.assert_allclose(_ism_term(score, u, 0.0, 0.5), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["isotropic", "dense", "lattice"])
+def test_sliced_term_is_unbiased_for_the_exact_trace(name):
+    d = 6
+    score = _score(make_noise(name, d), ScoreMLP(d, key=jax.random.key(0), width=32))
+    u = unit_rows(jax.random.key(1), 1, d)[0]
+    slices = jax.random.rademacher(jax.random.key(2), (20000, d), jnp.float32)
+    sliced = jax.vmap(_ssm_term, in_axes=(None, None, None, None, 0))(score, u, 0.2, 0.4, slices)
+    exact = _ism_term(score, u, 0.2, 0.4)
+    standard_error = float(jnp.std(sliced)) / np.sqrt(slices.shape[0])
+    assert abs(float(jnp.mean(sliced)) - float(exact)) < 4 * standard_error + 1e-6
+
+
+@pytest.mark.parametrize("name", ["isotropic", "dense", "lattice"])
+def test_sliced_and_implicit_losses_agree_in_expectation(name):
+    d = 4
+    noise = make_noise(name, d)
+    score = _score(noise, ScoreMLP(d, key=jax.random.key(0), width=32))
+    x = jax.random.normal(jax.random.key(1), (512, d))
+    r = jnp.linalg.norm(x, axis=1)
+    batch = (x / r[:, None], jnp.log(r))
+    keys = jax.random.split(jax.random.key(2), 40)
+    ssm = jax.vmap(lambda k: make_loss("ssm", noise)(score, batch, k))(keys)
+    ism = jax.vmap(lambda k: make_loss("ism", noise)(score, batch, k))(keys)
+    difference = ssm - ism  # common random numbers: same times and forward draws
+    assert abs(float(difference.mean())) < 4 * float(difference.std()) / np.sqrt(40) + 1e-7
+
+
+def test_dsm_needs_isotropic_noise_with_tabulated_dimension():
+    with pytest.raises(ValueError, match="loss='ssm'"):
+        make_loss("dsm", make_noise("dense", 4))
+    with pytest.raises(ValueError, match="loss='ssm'"):
+        make_loss("dsm", mp.IsotropicNoise(40))
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("elbo", mp.IsotropicNoise(4))
+
+
+def test_loss_weight_is_proportional_to_tau_early_and_tends_to_one():
+    score = _score(mp.IsotropicNoise(4), ScoreMLP(4, key=jax.random.key(0)))
+    s = jnp.array([1e-4, 1.0])
+    weight = score.loss_weight(s)
+    np.testing.assert_allclose(weight[0], 3.0 * score.tau(s[0]), rtol=1e-3)
+    assert float(weight[1]) > 0.999

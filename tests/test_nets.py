@@ -1,0 +1,52 @@
+"""Score networks: shapes, determinism and the lattice network's translation equivariance."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import unit_rows
+
+from msgm_pp.nets import LatticeScoreNet, ScoreMLP, TimeFeatures
+
+
+def test_time_features_are_bounded_and_distinct():
+    features = jax.vmap(TimeFeatures(6))(jnp.linspace(0, 1, 50))
+    assert features.shape == (50, 13)
+    assert float(jnp.abs(features).max()) <= 1.0
+    distances = jnp.linalg.norm(features[:, None] - features[None], axis=-1)
+    assert float(jnp.min(distances + jnp.eye(50))) > 1e-2
+
+
+def test_mlp_is_determined_by_its_key():
+    u = unit_rows(jax.random.key(0), 1, 5)[0]
+    a = ScoreMLP(5, key=jax.random.key(1))(u, 0.3, 0.2)
+    b = ScoreMLP(5, key=jax.random.key(1))(u, 0.3, 0.2)
+    c = ScoreMLP(5, key=jax.random.key(2))(u, 0.3, 0.2)
+    assert a.shape == (5,)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize(("shape", "shift"), [((12,), (5,)), ((6, 8), (2, 3))])
+def test_lattice_net_commutes_with_periodic_translations(shape, shift):
+    net = LatticeScoreNet(shape, key=jax.random.key(0), channels=8, num_blocks=2)
+    u = unit_rows(jax.random.key(1), 1, int(np.prod(shape)))[0]
+    axes = tuple(range(len(shape)))
+    shifted = jnp.roll(u.reshape(shape), shift, axes).ravel()
+    out = net(u, 0.4, 0.7).reshape(shape)
+    np.testing.assert_allclose(
+        net(shifted, 0.4, 0.7), jnp.roll(out, shift, axes).ravel(), atol=1e-5
+    )
+
+
+def test_lattice_net_depends_on_norm_and_time():
+    net = LatticeScoreNet((5, 5), key=jax.random.key(0))
+    u = unit_rows(jax.random.key(1), 1, 25)[0]
+    assert not np.allclose(net(u, 0.0, 0.5), net(u, 1.0, 0.5))
+    assert not np.allclose(net(u, 0.0, 0.5), net(u, 0.0, 0.1))
+
+
+@pytest.mark.parametrize("shape", [(2,), (3, 3, 3), (8, 2)])
+def test_lattice_net_refuses_bad_shapes(shape):
+    with pytest.raises(ValueError, match="shape"):
+        LatticeScoreNet(shape, key=jax.random.key(0))

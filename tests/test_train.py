@@ -1,0 +1,137 @@
+"""The training loop: determinism, best-parameter return, early stopping and failure handling."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from msgm_pp import train
+
+
+class Mean(eqx.Module):
+    w: jax.Array
+
+
+def squared_error(net, batch, key):
+    return jnp.mean((net.w - batch) ** 2)
+
+
+DATA = jax.random.normal(jax.random.key(0), (500, 3)) + jnp.array([1.0, -2.0, 3.0])
+
+
+def test_training_reaches_the_minimiser_and_is_deterministic():
+    fits = [
+        train.fit_network(
+            Mean(jnp.zeros(3)),
+            squared_error,
+            DATA,
+            key=jax.random.key(1),
+            steps=600,
+            eval_every=100,
+            optimizer=optax.adam(0.05),
+            progress=False,
+        )
+        for _ in range(2)
+    ]
+    (net, history), (again, history_again) = fits
+    np.testing.assert_array_equal(net.w, again.w)
+    np.testing.assert_array_equal(history.train_loss, history_again.train_loss)
+    # the minimiser is the mean of the training rows; the estimate is within a few standard errors
+    assert float(jnp.abs(net.w - DATA.mean(0)).max()) < 4 / np.sqrt(450) + 0.02
+    assert history.train_loss.shape == (600,)
+    assert history.validation_step.tolist() == [0, 100, 200, 300, 400, 500, 600]
+
+
+def test_the_best_validated_parameters_are_returned():
+    net, history = train.fit_network(
+        Mean(jnp.zeros(3)),
+        squared_error,
+        DATA,
+        key=jax.random.key(1),
+        steps=400,
+        eval_every=50,
+        optimizer=optax.sgd(0.9),
+        patience=None,
+        progress=False,
+    )  # minibatch noise makes later parameters worse at times
+    best = int(np.argmin(history.validation_loss))
+    assert history.best_step == int(history.validation_step[best])
+    _, validation_rows = train.split_validation(jax.random.split(jax.random.key(1), 3)[0], 500, 0.1)
+    value = float(squared_error(net, DATA[validation_rows], None))
+    np.testing.assert_allclose(value, float(history.validation_loss[best]), rtol=1e-5)
+
+
+def test_patience_stops_training():
+    flat = lambda net, batch, key: jnp.mean(batch**2) + 0.0 * jnp.sum(net.w)
+    _, history = train.fit_network(
+        Mean(jnp.zeros(3)),
+        flat,
+        DATA,
+        key=jax.random.key(2),
+        steps=10_000,
+        eval_every=10,
+        patience=3,
+        progress=False,
+    )
+    assert history.stop_reason == "early stopping"
+    assert history.validation_step[-1] == 30
+
+
+def test_non_finite_loss_keeps_the_last_finite_parameters():
+    def blows_up(net, batch, key):
+        loss = jnp.mean((net.w - batch) ** 2)
+        return jnp.where(net.w[0] > 0.5, jnp.nan, loss)
+
+    with pytest.warns(RuntimeWarning, match="NaN or inf"):
+        net, history = train.fit_network(
+            Mean(jnp.zeros(3)),
+            blows_up,
+            DATA,
+            key=jax.random.key(3),
+            steps=1000,
+            eval_every=100,
+            optimizer=optax.adam(0.05),
+            progress=False,
+        )
+    assert history.stop_reason == "non-finite loss"
+    assert bool(jnp.all(jnp.isfinite(net.w))) and float(net.w[0]) <= 0.5
+    assert np.isfinite(history.train_loss).all() and history.train_loss.size < 1000
+
+
+def test_keyboard_interrupt_returns_the_best_model(monkeypatch):
+    calls = []
+    original = train._train_chunk
+
+    def interrupt_second_chunk(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(train, "_train_chunk", interrupt_second_chunk)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        _, history = train.fit_network(
+            Mean(jnp.zeros(3)),
+            squared_error,
+            DATA,
+            key=jax.random.key(4),
+            steps=1000,
+            eval_every=100,
+            optimizer=optax.adam(0.05),
+            progress=False,
+        )
+    assert history.stop_reason == "interrupted"
+    assert history.best_step == 100 and history.train_loss.size == 100
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_bad_validation_fraction_is_refused(fraction):
+    with pytest.raises(ValueError, match="validation_fraction"):
+        train.split_validation(jax.random.key(0), 10, fraction)
+
+
+def test_a_single_row_cannot_be_split():
+    with pytest.raises(ValueError, match="nothing to train"):
+        train.split_validation(jax.random.key(0), 1, 0.5)
