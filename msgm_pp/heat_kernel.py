@@ -210,6 +210,19 @@ def angle_table(d: int) -> AngleTable:
     return AngleTable(np.log(taus), z, float(switch_tau), switch_error)
 
 
+def _bilinear(table, row, column):
+    """Bilinear interpolation of a 2-D table at fractional indices (clipped to the table)."""
+    rows, columns = table.shape
+    row = jnp.clip(row, 0.0, rows - 1.0)
+    column = jnp.clip(column, 0.0, columns - 1.0)
+    i = jnp.clip(jnp.floor(row), 0, rows - 2).astype(jnp.int32)
+    j = jnp.clip(jnp.floor(column), 0, columns - 2).astype(jnp.int32)
+    wi, wj = row - i, column - j
+    lower = (1 - wj) * table[i, j] + wj * table[i, j + 1]
+    upper = (1 - wj) * table[i + 1, j] + wj * table[i + 1, j + 1]
+    return (1 - wi) * lower + wi * upper
+
+
 def angle_quantile(p, tau, d: int):
     """The p-quantile of θ = arccos(u_τ · u_0) for Brownian motion on S^{d−1} (3 <= d <= 64),
     interpolated bilinearly in (log τ, p) from :func:`angle_table`; below the table's smallest τ the
@@ -221,17 +234,10 @@ def angle_quantile(p, tau, d: int):
     p, tau = p.astype(dtype), tau.astype(dtype)
     log_tau, z = jnp.asarray(table.log_tau, dtype), jnp.asarray(table.z, dtype)
     p_index = jnp.arccos(1.0 - 2.0 * p) * ((_N_PROB - 1) / math.pi)
-    j = jnp.clip(jnp.floor(p_index), 0, _N_PROB - 2).astype(jnp.int32)
-    wj = p_index - j
     step = (table.log_tau[-1] - table.log_tau[0]) / (_N_TAU - 1)
     clipped = jnp.clip(jnp.log(jnp.maximum(tau, jnp.finfo(dtype).tiny)), log_tau[0], log_tau[-1])
-    t_index = (clipped - log_tau[0]) / step
-    k = jnp.clip(jnp.floor(t_index), 0, _N_TAU - 2).astype(jnp.int32)
-    wk = t_index - k
-    z_lo = (1 - wj) * z[k, j] + wj * z[k, j + 1]
-    z_hi = (1 - wj) * z[k + 1, j] + wj * z[k + 1, j + 1]
     scale = jnp.sqrt(jnp.minimum(tau, jnp.exp(log_tau[-1])))
-    return ((1 - wk) * z_lo + wk * z_hi) * scale
+    return _bilinear(z, (clipped - log_tau[0]) / step, p_index) * scale
 
 
 def sample_angle(key, tau, d: int):
@@ -327,19 +333,6 @@ def kernel_table(d: int) -> KernelTable:
         log_kernel[i] = log_f + theta**2 / (2.0 * tau)
         log_ratio[i] = np.log(ratio) + 0.5 * (d - 1) * tau
     return KernelTable(np.log(taus), log_kernel, log_ratio)
-
-
-def _bilinear(table, row, column):
-    """Bilinear interpolation of a 2-D table at fractional indices (clipped to the table)."""
-    rows, columns = table.shape
-    row = jnp.clip(row, 0.0, rows - 1.0)
-    column = jnp.clip(column, 0.0, columns - 1.0)
-    i = jnp.clip(jnp.floor(row), 0, rows - 2).astype(jnp.int32)
-    j = jnp.clip(jnp.floor(column), 0, columns - 2).astype(jnp.int32)
-    wi, wj = row - i, column - j
-    lower = (1 - wj) * table[i, j] + wj * table[i, j + 1]
-    upper = (1 - wj) * table[i + 1, j] + wj * table[i + 1, j + 1]
-    return (1 - wi) * lower + wi * upper
 
 
 def _catmull_rom_rows(table, row, column):

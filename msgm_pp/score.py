@@ -9,7 +9,6 @@ so every training and sampling quantity is O(1) whatever |x| is.
 """
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
 from msgm_pp.noise import AbstractNoise
@@ -57,8 +56,3 @@ class TangentScore(eqx.Module):
         """
         rate = -2.0 * self.noise.trace_ito() / self.dim
         return -jnp.expm1(-rate * self.tau(s))
-
-
-def batched(score: TangentScore):
-    """g over a batch: (n, d), (n,), (n,) -> (n, d)."""
-    return jax.vmap(score)

@@ -21,20 +21,15 @@ def squared_error(net, batch, key):
 DATA = jax.random.normal(jax.random.key(0), (500, 3)) + jnp.array([1.0, -2.0, 3.0])
 
 
+def fit_mean(loss, seed, **options):
+    settings = dict(steps=1000, eval_every=100, optimizer=optax.adam(0.05), progress=False)
+    return train.fit_network(
+        Mean(jnp.zeros(3)), loss, DATA, key=jax.random.key(seed), **(settings | options)
+    )
+
+
 def test_training_reaches_the_minimiser_and_is_deterministic():
-    fits = [
-        train.fit_network(
-            Mean(jnp.zeros(3)),
-            squared_error,
-            DATA,
-            key=jax.random.key(1),
-            steps=600,
-            eval_every=100,
-            optimizer=optax.adam(0.05),
-            progress=False,
-        )
-        for _ in range(2)
-    ]
+    fits = [fit_mean(squared_error, 1, steps=600) for _ in range(2)]
     (net, history), (again, history_again) = fits
     np.testing.assert_array_equal(net.w, again.w)
     np.testing.assert_array_equal(history.train_loss, history_again.train_loss)
@@ -45,17 +40,10 @@ def test_training_reaches_the_minimiser_and_is_deterministic():
 
 
 def test_the_best_validated_parameters_are_returned():
-    net, history = train.fit_network(
-        Mean(jnp.zeros(3)),
-        squared_error,
-        DATA,
-        key=jax.random.key(1),
-        steps=400,
-        eval_every=50,
-        optimizer=optax.sgd(0.9),
-        patience=None,
-        progress=False,
-    )  # minibatch noise makes later parameters worse at times
+    # minibatch noise makes later parameters worse at times
+    net, history = fit_mean(
+        squared_error, 1, steps=400, eval_every=50, optimizer=optax.sgd(0.9), patience=None
+    )
     best = int(np.argmin(history.validation_loss))
     assert history.best_step == int(history.validation_step[best])
     _, validation_rows = train.split_validation(jax.random.split(jax.random.key(1), 3)[0], 500, 0.1)
@@ -65,16 +53,7 @@ def test_the_best_validated_parameters_are_returned():
 
 def test_patience_stops_training():
     flat = lambda net, batch, key: jnp.mean(batch**2) + 0.0 * jnp.sum(net.w)
-    _, history = train.fit_network(
-        Mean(jnp.zeros(3)),
-        flat,
-        DATA,
-        key=jax.random.key(2),
-        steps=10_000,
-        eval_every=10,
-        patience=3,
-        progress=False,
-    )
+    _, history = fit_mean(flat, 2, steps=10_000, eval_every=10, patience=3)
     assert history.stop_reason == "early stopping"
     assert history.validation_step[-1] == 30
 
@@ -85,16 +64,7 @@ def test_non_finite_loss_keeps_the_last_finite_parameters():
         return jnp.where(net.w[0] > 0.5, jnp.nan, loss)
 
     with pytest.warns(RuntimeWarning, match="NaN or inf"):
-        net, history = train.fit_network(
-            Mean(jnp.zeros(3)),
-            blows_up,
-            DATA,
-            key=jax.random.key(3),
-            steps=1000,
-            eval_every=100,
-            optimizer=optax.adam(0.05),
-            progress=False,
-        )
+        net, history = fit_mean(blows_up, 3)
     assert history.stop_reason == "non-finite loss"
     assert bool(jnp.all(jnp.isfinite(net.w))) and float(net.w[0]) <= 0.5
     assert np.isfinite(history.train_loss).all() and history.train_loss.size < 1000
@@ -112,16 +82,7 @@ def test_keyboard_interrupt_returns_the_best_model(monkeypatch):
 
     monkeypatch.setattr(train, "_train_chunk", interrupt_second_chunk)
     with pytest.warns(RuntimeWarning, match="interrupted"):
-        _, history = train.fit_network(
-            Mean(jnp.zeros(3)),
-            squared_error,
-            DATA,
-            key=jax.random.key(4),
-            steps=1000,
-            eval_every=100,
-            optimizer=optax.adam(0.05),
-            progress=False,
-        )
+        _, history = fit_mean(squared_error, 4)
     assert history.stop_reason == "interrupted"
     assert history.best_step == 100 and history.train_loss.size == 100
 
