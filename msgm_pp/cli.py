@@ -1,9 +1,9 @@
 """The `msgm-pp` command line.
 
-`msgm-pp demo` runs the main job. Until the score model lands it demonstrates the forward process
-and the latent law end to end on the paper's correlated Cauchy task: fit the latent norm model,
-push the data through every noise family to the end of its mixing schedule, and check that norms
-are kept and directions become uniform, i.e. that the data are carried to the fitted latent law.
+`msgm-pp demo` runs the main job. Until the MSGM-against-SGM comparison lands it demonstrates the
+forward process and the latent law end to end on the paper's correlated Cauchy task: fit the latent
+norm model, push the data through every noise family to the end of its mixing schedule, and check
+that norms are kept and directions become uniform, i.e. that the data reach the fitted latent law.
 """
 
 import argparse

@@ -16,6 +16,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from msgm_pp._checks import check_key, check_points, check_positive_int
+from msgm_pp.heat_kernel import DSM_MAX_DIM
 from msgm_pp.latent import AbstractNormModel, fit_norm_model, log_norm
 from msgm_pp.losses import NetworkLoss, make_loss
 from msgm_pp.nets import LatticeScoreNet, ScoreMLP
@@ -187,7 +188,7 @@ class MSGM(dist.Distribution):
         noise_key, net_key, train_key = jax.random.split(key, 3)
         noise = make_noise(noise, dim, key=noise_key)
         if loss is None:
-            loss = "dsm" if isinstance(noise, IsotropicNoise) and dim <= 32 else "ssm"
+            loss = "dsm" if isinstance(noise, IsotropicNoise) and dim <= DSM_MAX_DIM else "ssm"
         loss_fn = make_loss(loss, noise, forward_steps=forward_steps, weighted=weighted)
         norm_model = fit_norm_model(
             np.asarray(data, dtype=np.float64), norm, **(norm_options or {})
