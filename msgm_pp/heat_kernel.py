@@ -37,6 +37,8 @@ import numpy as np
 from scipy.integrate import cumulative_simpson, simpson
 from scipy.special import gammaln
 
+from msgm_pp.noise import project_tangent
+
 MAX_TABULATED_DIM = 64
 _N_TAU = 400
 _N_PROB = 1025
@@ -257,8 +259,7 @@ def sample_direction(key, u0, tau):
         tangent = jnp.stack([-u0[..., 1], u0[..., 0]], axis=-1)
     else:
         angle = sample_angle(angle_key, tau, d)
-        z = jax.random.normal(tangent_key, u0.shape, u0.dtype)
-        z = z - jnp.sum(z * u0, axis=-1, keepdims=True) * u0
+        z = project_tangent(u0, jax.random.normal(tangent_key, u0.shape, u0.dtype))
         tangent = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
     return jnp.cos(angle)[..., None] * u0 + jnp.sin(angle)[..., None] * tangent
 

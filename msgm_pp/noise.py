@@ -46,8 +46,16 @@ def _batched(signature: str):
     return decorate
 
 
-def _project(u, v):
-    return v - jnp.dot(u, v) * u
+def project_tangent(u, v):
+    """P_u v = v − (u·v) u, over the last axis."""
+    return v - jnp.sum(u * v, axis=-1, keepdims=True) * u
+
+
+def sphere_exp(u, w):
+    """Exp_u(w) = cos|w| u + sinc|w| w: the geodesic step from the unit vector u along the tangent
+    vector w, over the last axis. It is an exact rotation in the plane of u and w."""
+    angle = jnp.sqrt(jnp.sum(w**2, axis=-1, keepdims=True) + jnp.finfo(w.dtype).tiny)
+    return jnp.cos(angle) * u + jnp.sinc(angle / jnp.pi) * w
 
 
 class AbstractNoise(eqx.Module):
@@ -153,11 +161,10 @@ class IsotropicNoise(AbstractNoise):
         return -0.5 * (self.dim - 1) * x
 
     def rotation_step(self, u, xi, noise_dt, g=None, drift_dt=0.0):
-        v = jnp.sqrt(noise_dt) * _project(u, xi)
+        v = jnp.sqrt(noise_dt) * project_tangent(u, xi)
         if g is not None:
-            v = v + drift_dt * _project(u, g)
-        angle = jnp.sqrt(jnp.sum(v**2) + jnp.finfo(v.dtype).tiny)
-        return jnp.cos(angle) * u + jnp.sinc(angle / jnp.pi) * v
+            v = v + drift_dt * project_tangent(u, g)
+        return sphere_exp(u, v)
 
     def mixing_rate(self) -> float:
         return 0.5 * (self.dim - 1)

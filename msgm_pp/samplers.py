@@ -18,19 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from msgm_pp.integrators import remove_rounding_drift
+from msgm_pp.noise import project_tangent, sphere_exp
 from msgm_pp.score import TangentScore
 
 SAMPLERS = ("sde", "ode")
-
-
-def sphere_exp(u, w):
-    """Exp_u(w) = cos|w| u + sinc|w| w for a tangent vector w at the unit vector u."""
-    angle = jnp.sqrt(jnp.sum(w**2, axis=-1, keepdims=True) + jnp.finfo(w.dtype).tiny)
-    return jnp.cos(angle) * u + jnp.sinc(angle / jnp.pi) * w
-
-
-def _project(u, w):
-    return w - jnp.sum(u * w, axis=-1, keepdims=True) * u
 
 
 def reverse_directions(score: TangentScore, u_T, log_r, key, steps: int, method: str = "sde"):
@@ -54,7 +45,7 @@ def reverse_directions(score: TangentScore, u_T, log_r, key, steps: int, method:
         half_d_tau = 0.5 * (score.tau(s) - score.tau(s_next))
         first = half_d_tau * drift(u, log_r, s)
         guess = remove_rounding_drift(sphere_exp(u, first))
-        second = _project(u, half_d_tau * drift(guess, log_r, s_next))
+        second = project_tangent(u, half_d_tau * drift(guess, log_r, s_next))
         return remove_rounding_drift(sphere_exp(u, 0.5 * (first + second))), None
 
     keys = jax.random.split(key, steps)
