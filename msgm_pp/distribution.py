@@ -17,7 +17,7 @@ from numpyro.distributions import constraints
 
 from msgm_pp._checks import check_key, check_points, check_positive_int
 from msgm_pp.heat_kernel import DSM_MAX_DIM
-from msgm_pp.latent import AbstractNormModel, fit_norm_model, log_norm
+from msgm_pp.latent import AbstractNormModel, Latent, fit_norm_model, log_norm
 from msgm_pp.losses import NetworkLoss, make_loss
 from msgm_pp.nets import LatticeScoreNet, ScoreMLP
 from msgm_pp.noise import AbstractNoise, DenseNoise, IsotropicNoise, LatticeNoise
@@ -57,11 +57,11 @@ def default_net(noise: AbstractNoise, *, key):
 
 @eqx.filter_jit
 def _draw(score, norm_model, key, num_chunks: int, chunk_size: int, steps: int, method: str):
+    latent = Latent(norm_model, score.dim)
+
     def one_chunk(chunk_key):
-        norm_key, direction_key, reverse_key = jax.random.split(chunk_key, 3)
-        log_r = norm_model.sample(norm_key, (chunk_size,))
-        z = jax.random.normal(direction_key, (chunk_size, score.dim))
-        u_T = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+        latent_key, reverse_key = jax.random.split(chunk_key)
+        log_r, u_T = latent.sample_polar(latent_key, (chunk_size,))
         u = reverse_directions(score, u_T, log_r, reverse_key, steps, method)
         return jnp.exp(log_r)[:, None] * u
 

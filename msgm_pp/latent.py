@@ -383,12 +383,17 @@ class Latent(dist.Distribution):
         norm_model = fit_norm_model(data, norm, **options)
         return cls(norm_model, np.shape(data)[1])
 
-    def sample(self, key, sample_shape=()):
+    def sample_polar(self, key, sample_shape=()):
+        """Draws as (log-norms ℓ of shape sample_shape, unit directions of shape sample_shape + (d,))."""
         norm_key, direction_key = jax.random.split(key)
         shape = tuple(sample_shape) + self.batch_shape
         log_r = self.norm_model.sample(norm_key, shape)
         z = jax.random.normal(direction_key, (*shape, self.dim))
-        return jnp.exp(log_r)[..., None] * z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+        return log_r, z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+
+    def sample(self, key, sample_shape=()):
+        log_r, u = self.sample_polar(key, sample_shape)
+        return jnp.exp(log_r)[..., None] * u
 
     def log_prob(self, value):
         log_r = log_norm(value)
