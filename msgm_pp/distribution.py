@@ -16,12 +16,11 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from msgm_pp._checks import check_key, check_points, check_positive_int
-from msgm_pp.heat_kernel import DSM_MAX_DIM
 from msgm_pp.latent import AbstractNormModel, Latent, fit_norm_model, log_norm
-from msgm_pp.losses import NetworkLoss, make_loss
+from msgm_pp.losses import NetworkLoss, dsm_applies, make_loss
 from msgm_pp.nets import LatticeScoreNet, ScoreMLP
 from msgm_pp.noise import AbstractNoise, DenseNoise, IsotropicNoise, LatticeNoise
-from msgm_pp.samplers import SAMPLERS, reverse_directions
+from msgm_pp.samplers import check_sampler, reverse_directions
 from msgm_pp.schedule import mixing_schedule
 from msgm_pp.score import TangentScore
 from msgm_pp.train import TrainingHistory, fit_network, make_optimizer
@@ -98,12 +97,10 @@ class MSGM(dist.Distribution):
             raise TypeError(
                 f"`norm_model` must be a msgm_pp norm model, got {type(norm_model).__name__}."
             )
-        if sampler not in SAMPLERS:
-            raise ValueError(f"`sampler` must be one of {list(SAMPLERS)}, got {sampler!r}.")
         self.score = score
         self.norm_model = norm_model
         self.history = history
-        self.sampler = sampler
+        self.sampler = check_sampler(sampler)
         self.sample_steps = check_positive_int(sample_steps, "sample_steps")
         super().__init__(batch_shape=(), event_shape=(score.dim,), validate_args=validate_args)
 
@@ -180,15 +177,14 @@ class MSGM(dist.Distribution):
             The trained MSGM; its `history` holds the losses.
         """
         key = check_key(key)
-        if sampler not in SAMPLERS:
-            raise ValueError(f"`sampler` must be one of {list(SAMPLERS)}, got {sampler!r}.")
+        check_sampler(sampler)
         sample_steps = check_positive_int(sample_steps, "sample_steps")
         x = check_points(data, "data")
         dim = x.shape[1]
         noise_key, net_key, train_key = jax.random.split(key, 3)
         noise = make_noise(noise, dim, key=noise_key)
         if loss is None:
-            loss = "dsm" if isinstance(noise, IsotropicNoise) and dim <= DSM_MAX_DIM else "ssm"
+            loss = "dsm" if dsm_applies(noise) else "ssm"
         loss_fn = make_loss(loss, noise, forward_steps=forward_steps, weighted=weighted)
         norm_model = fit_norm_model(
             np.asarray(data, dtype=np.float64), norm, **(norm_options or {})
@@ -231,9 +227,7 @@ class MSGM(dist.Distribution):
         """
         key = check_key(key)
         steps = self.sample_steps if steps is None else check_positive_int(steps, "steps")
-        sampler = self.sampler if sampler is None else sampler
-        if sampler not in SAMPLERS:
-            raise ValueError(f"`sampler` must be one of {list(SAMPLERS)}, got {sampler!r}.")
+        sampler = self.sampler if sampler is None else check_sampler(sampler)
         shape = tuple(sample_shape) + self.batch_shape
         n = math.prod(shape)
         if n == 0:

@@ -120,11 +120,16 @@ class ScoreMatchingLoss(eqx.Module):
         return loss(score, batch, key, forward_steps=self.forward_steps, weighted=self.weighted)
 
 
+def dsm_applies(noise) -> bool:
+    """Whether the exact DSM target exists: isotropic noise with a tabulated heat kernel."""
+    return isinstance(noise, IsotropicNoise) and noise.dim <= DSM_MAX_DIM
+
+
 def make_loss(name: str, noise, *, forward_steps: int = 16, weighted: bool = True):
     """The loss `name` ("ssm", "ism" or "dsm") for `noise`, checked for applicability."""
     if name not in LOSS_NAMES:
         raise ValueError(f"unknown loss {name!r}; choose one of {list(LOSS_NAMES)}.")
-    if name == "dsm" and not (isinstance(noise, IsotropicNoise) and noise.dim <= DSM_MAX_DIM):
+    if name == "dsm" and not dsm_applies(noise):
         raise ValueError(
             "loss='dsm' needs the exact transition density, known for IsotropicNoise with "
             f"d <= {DSM_MAX_DIM}; got {type(noise).__name__} with d = {noise.dim}. Use loss='ssm'."

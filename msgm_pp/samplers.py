@@ -24,10 +24,15 @@ from msgm_pp.score import TangentScore
 SAMPLERS = ("sde", "ode")
 
 
-def reverse_directions(score: TangentScore, u_T, log_r, key, steps: int, method: str = "sde"):
-    """Integrate the reverse dynamics of directions u_T (n, d) with log-norms ℓ (n,) to s = t_ε."""
+def check_sampler(method: str) -> str:
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; choose one of {list(SAMPLERS)}.")
+    return method
+
+
+def reverse_directions(score: TangentScore, u_T, log_r, key, steps: int, method: str = "sde"):
+    """Integrate the reverse dynamics of directions u_T (n, d) with log-norms ℓ (n,) to s = t_ε."""
+    check_sampler(method)
     T, t_eps = score.schedule.T, score.t_eps
     times = T - (T - t_eps) * jnp.arange(steps + 1, dtype=u_T.dtype) / steps
     drift = jax.vmap(score.drift, in_axes=(0, 0, None))
