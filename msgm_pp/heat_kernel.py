@@ -212,17 +212,30 @@ def angle_table(d: int) -> AngleTable:
     return AngleTable(np.log(taus), z, float(switch_tau), switch_error)
 
 
-def _bilinear(table, row, column):
-    """Bilinear interpolation of a 2-D table at fractional indices (clipped to the table)."""
+def _table_rows(table, row, column):
+    """Locate fractional indices in a 2-D table (clipped to it).
+
+    Returns the lower row i, the fraction t in [0, 1] towards row i + 1, and `at_row(k)`, row k
+    (clipped to the table) interpolated linearly at `column`.
+    """
     rows, columns = table.shape
     row = jnp.clip(row, 0.0, rows - 1.0)
     column = jnp.clip(column, 0.0, columns - 1.0)
     i = jnp.clip(jnp.floor(row), 0, rows - 2).astype(jnp.int32)
     j = jnp.clip(jnp.floor(column), 0, columns - 2).astype(jnp.int32)
-    wi, wj = row - i, column - j
-    lower = (1 - wj) * table[i, j] + wj * table[i, j + 1]
-    upper = (1 - wj) * table[i + 1, j] + wj * table[i + 1, j + 1]
-    return (1 - wi) * lower + wi * upper
+    wj = column - j
+
+    def at_row(k):
+        k = jnp.clip(k, 0, rows - 1)
+        return (1 - wj) * table[k, j] + wj * table[k, j + 1]
+
+    return i, row - i, at_row
+
+
+def _bilinear(table, row, column):
+    """Bilinear interpolation of a 2-D table at fractional indices (clipped to the table)."""
+    i, t, at_row = _table_rows(table, row, column)
+    return (1 - t) * at_row(i) + t * at_row(i + 1)
 
 
 def angle_quantile(p, tau, d: int):
@@ -338,17 +351,7 @@ def kernel_table(d: int) -> KernelTable:
 
 def _catmull_rom_rows(table, row, column):
     """Interpolate a 2-D table cubically (Catmull–Rom) along rows and linearly along columns."""
-    rows, columns = table.shape
-    row = jnp.clip(row, 0.0, rows - 1.0)
-    column = jnp.clip(column, 0.0, columns - 1.0)
-    i = jnp.clip(jnp.floor(row), 0, rows - 2).astype(jnp.int32)
-    j = jnp.clip(jnp.floor(column), 0, columns - 2).astype(jnp.int32)
-    t, wj = row - i, column - j
-
-    def at_row(k):
-        k = jnp.clip(k, 0, rows - 1)
-        return (1 - wj) * table[k, j] + wj * table[k, j + 1]
-
+    i, t, at_row = _table_rows(table, row, column)
     before, lower, upper, after = (at_row(i + offset) for offset in (-1, 0, 1, 2))
     t2, t3 = t * t, t * t * t
     return 0.5 * (
@@ -359,14 +362,15 @@ def _catmull_rom_rows(table, row, column):
     )
 
 
-def _kernel_lookup(values, theta, tau, d):
+def _kernel_lookup(field: str, theta, tau, d):
+    """Interpolate the `field` ("log_kernel" or "log_ratio") of `kernel_table(d)` at (θ, τ)."""
     table = kernel_table(d)
     dtype = theta.dtype
     log_tau = jnp.log(jnp.maximum(tau, jnp.finfo(dtype).tiny))
     step = (table.log_tau[-1] - table.log_tau[0]) / (_N_KERNEL_TAU - 1)
     row = (log_tau - table.log_tau[0]) / step
     column = theta / _kernel_theta_top(tau, d, jnp) * (_N_KERNEL_Z - 1)
-    return _catmull_rom_rows(jnp.asarray(values, dtype), row, column)
+    return _catmull_rom_rows(jnp.asarray(getattr(table, field), dtype), row, column)
 
 
 def geodesic_angle(u, u0):
@@ -381,7 +385,7 @@ def log_heat_kernel(u, u0, tau):
     d = u.shape[-1]
     theta = geodesic_angle(u, u0)
     tau = jnp.asarray(tau, theta.dtype)
-    smooth = _kernel_lookup(kernel_table(d).log_kernel, theta, tau, d)
+    smooth = _kernel_lookup("log_kernel", theta, tau, d)
     return smooth - theta**2 / (2.0 * tau)
 
 
@@ -396,7 +400,7 @@ def heat_kernel_score(u, u0, tau):
     d = u.shape[-1]
     theta = geodesic_angle(u, u0)
     tau = jnp.asarray(tau, theta.dtype)
-    log_ratio = _kernel_lookup(kernel_table(d).log_ratio, theta, tau, d)
+    log_ratio = _kernel_lookup("log_ratio", theta, tau, d)
     ratio = jnp.exp(log_ratio - 0.5 * (d - 1) * tau)
     c = jnp.sum(u * u0, axis=-1, keepdims=True)
     return ratio[..., None] * (u0 - c * u)
