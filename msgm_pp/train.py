@@ -91,12 +91,12 @@ def _train_chunk(params, static, opt_state, optimizer, loss, data, keys, batch_s
         new_params = eqx.apply_updates(params, updates)
         finite = finite & jnp.isfinite(value) & _tree_all_finite(grads)
         carry = (_select(finite, new_params, params), _select(finite, new_state, opt_state), finite)
-        return carry, value
+        return carry, (value, finite)
 
-    (params, opt_state, finite), values = jax.lax.scan(
+    (params, opt_state, _), (values, finite_steps) = jax.lax.scan(
         step, (params, opt_state, jnp.asarray(True)), keys
     )
-    return params, opt_state, finite, values
+    return params, opt_state, finite_steps, values
 
 
 @eqx.filter_jit
@@ -170,18 +170,14 @@ def fit_network(
         while done < steps:
             chunk = min(eval_every, steps - done)
             keys = jax.random.split(jax.random.fold_in(train_key, done), chunk)
-            params, opt_state, finite, values = _train_chunk(
+            params, opt_state, finite_steps, values = _train_chunk(
                 params, static, opt_state, optimizer, loss, train_data, keys, batch_size
             )
-            values = np.asarray(values)
-            if not bool(finite):
-                bad = (
-                    int(np.flatnonzero(~np.isfinite(values))[0])
-                    if not np.isfinite(values).all()
-                    else 0
-                )
-                train_losses.extend(values[:bad].tolist())
-                done += bad
+            values, finite_steps = np.asarray(values), np.asarray(finite_steps)
+            if not finite_steps.all():
+                taken = int(np.argmin(finite_steps))  # steps before the first non-finite one
+                train_losses.extend(values[:taken].tolist())
+                done += taken
                 stop_reason = "non-finite loss"
                 warnings.warn(
                     f"training stopped at step {done}: the loss or its gradient became NaN or inf. "

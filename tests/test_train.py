@@ -70,6 +70,29 @@ def test_non_finite_loss_keeps_the_last_finite_parameters():
     assert np.isfinite(history.train_loss).all() and history.train_loss.size < 1000
 
 
+@jax.custom_vjp
+def nan_gradient_above_half(w):
+    return w
+
+
+nan_gradient_above_half.defvjp(
+    lambda w: (w, w), lambda w, g: (jnp.where(w[0] > 0.5, jnp.nan, 1.0) * g,)
+)
+
+
+def test_non_finite_gradient_with_finite_loss_stops_and_keeps_the_steps_taken():
+    def poisoned(net, batch, key):
+        return jnp.mean((nan_gradient_above_half(net.w) - batch) ** 2)
+
+    with pytest.warns(RuntimeWarning, match="NaN or inf"):
+        net, history = fit_mean(poisoned, 3)
+    assert history.stop_reason == "non-finite loss"
+    assert bool(jnp.all(jnp.isfinite(net.w)))
+    # w[0] passes 0.5 within the first chunk of 100 steps: the steps before the first bad gradient
+    # are recorded, the rest of that chunk is not, and the best parameters are the initial ones
+    assert 0 < history.train_loss.size < 100 and history.best_step == 0
+
+
 def test_keyboard_interrupt_returns_the_best_model(monkeypatch):
     calls = []
     original = train._train_chunk
