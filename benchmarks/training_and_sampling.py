@@ -22,7 +22,6 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import msgm_pp as mp
@@ -85,15 +84,25 @@ def training_speeds(data) -> dict:
     r = jnp.linalg.norm(data, axis=1)
     batch = (data / r[:, None], jnp.log(r))
     standardised = (data - data.mean(0)) / data.std(0)
-    speeds = {"sgm (vp-sde, ssm)": steps_per_second(VPScoreMLP(jax.random.key(0)), vp_ssm_loss, standardised)}
+    speeds = {
+        "sgm (vp-sde, ssm)": steps_per_second(
+            VPScoreMLP(jax.random.key(0)), vp_ssm_loss, standardised
+        )
+    }
     for noise_name, loss_name in [
         ("isotropic", "dsm"),
         ("isotropic", "ssm"),
         ("dense", "ssm"),
         ("lattice", "ssm"),
     ]:
-        noise = mp.LatticeNoise((D,)) if noise_name == "lattice" else make_noise(noise_name, D, key=jax.random.key(0))
-        score = TangentScore(mp.ScoreMLP(D, key=jax.random.key(0)), noise, mp.mixing_schedule(noise), 0.0, 1.0, 1e-3)
+        noise = (
+            mp.LatticeNoise((D,))
+            if noise_name == "lattice"
+            else make_noise(noise_name, D, key=jax.random.key(0))
+        )
+        score = TangentScore(
+            mp.ScoreMLP(D, key=jax.random.key(0)), noise, mp.mixing_schedule(noise), 0.0, 1.0, 1e-3
+        )
         loss = NetworkLoss(score, make_loss(loss_name, noise))
         speeds[f"msgm {noise_name} ({loss_name})"] = steps_per_second(score.net, loss, batch)
     return speeds
@@ -103,15 +112,23 @@ def mmd(x, y) -> float:
     d = x.shape[1]
 
     def mean_kernel(a, b):
-        return jax.lax.map(lambda row: jnp.exp(-jnp.sum((row - b) ** 2, -1) / d**2).mean(), a, batch_size=256).mean()
+        return jax.lax.map(
+            lambda row: jnp.exp(-jnp.sum((row - b) ** 2, -1) / d**2).mean(), a, batch_size=256
+        ).mean()
 
-    return float(jnp.sqrt(jnp.maximum(mean_kernel(x, x) + mean_kernel(y, y) - 2 * mean_kernel(x, y), 0.0)))
+    return float(
+        jnp.sqrt(jnp.maximum(mean_kernel(x, x) + mean_kernel(y, y) - 2 * mean_kernel(x, y), 0.0))
+    )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fit-steps", type=int, default=4000)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/training_and_sampling.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/training_and_sampling.json")
+    )
     args = parser.parse_args()
 
     task = CorrelatedCauchy.paper_task(d=D, seed=0)
@@ -136,12 +153,20 @@ def main():
             quality[sampler][steps] = mmd(x, test)
     floor = mmd(task.sample(jax.random.key(6), (10_000,)), test)
     z = jax.random.normal(jax.random.key(7), (10_000, D))
-    uniform = jnp.linalg.norm(task.sample(jax.random.key(8), (10_000,)), axis=1, keepdims=True) * z / jnp.linalg.norm(z, axis=1, keepdims=True)
+    uniform = (
+        jnp.linalg.norm(task.sample(jax.random.key(8), (10_000,)), axis=1, keepdims=True)
+        * z
+        / jnp.linalg.norm(z, axis=1, keepdims=True)
+    )
     print("sampling 1e4 x 128 steps (s):", sampling)
     print("sqrt-MMD vs steps:", quality, "floor", floor)
 
     result = {
-        "machine": {"platform": platform.platform(), "cpus": jax.local_device_count(), "jax": jax.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": jax.local_device_count(),
+            "jax": jax.__version__,
+        },
         "training": {
             "d": D,
             "batch_size": BATCH,
@@ -150,7 +175,12 @@ def main():
             "cost_relative_to_sgm_step": {k: sgm / v for k, v in speeds.items()},
             "paper_steps_per_second": {"msgm": 20, "sgm": 125},
         },
-        "cauchy_fit": {"n": 8192, "steps": args.fit_steps, "seconds": fit_seconds, "stop_reason": model.history.stop_reason},
+        "cauchy_fit": {
+            "n": 8192,
+            "steps": args.fit_steps,
+            "seconds": fit_seconds,
+            "stop_reason": model.history.stop_reason,
+        },
         "sampling_seconds_1e4_x_128_steps": sampling,
         "paper_sampling_seconds_1e4_x_128_steps": 10.0,
         "sqrt_mmd_vs_reverse_steps": quality,
