@@ -1,8 +1,12 @@
+import math
+
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
 
 import msgm_pp as mp
+from msgm_pp.heat_kernel import heat_kernel_score
 
 
 def explicit_tensor(noise) -> np.ndarray:
@@ -30,3 +34,18 @@ def make_noise(name: str, d: int):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+class PointMassScore(eqx.Module):
+    """The exact tangent score when every data direction equals u0: ∇_S log f_τ(u · u0)."""
+
+    u0: jax.Array
+    schedule: mp.LinearSchedule
+
+    def __call__(self, u, z, t):
+        return heat_kernel_score(u, self.u0, self.schedule.integral(t * self.schedule.T))
+
+
+def time_of_tau(schedule, tau):
+    a = 0.5 * (schedule.beta_max - schedule.beta_min) / schedule.T
+    return (-schedule.beta_min + math.sqrt(schedule.beta_min**2 + 4 * a * tau)) / (2 * a)

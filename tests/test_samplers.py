@@ -8,23 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_noise, unit_rows
+from conftest import PointMassScore, make_noise, time_of_tau, unit_rows
 from scipy.special import eval_gegenbauer
 
 import msgm_pp as mp
-from msgm_pp.heat_kernel import heat_kernel_score
 from msgm_pp.samplers import reverse_directions
 from msgm_pp.score import TangentScore
-
-
-class PointMassScore(eqx.Module):
-    """The exact tangent score when every data direction equals u0: ∇_S log f_τ(u · u0)."""
-
-    u0: jax.Array
-    schedule: mp.LinearSchedule
-
-    def __call__(self, u, z, t):
-        return heat_kernel_score(u, self.u0, self.schedule.integral(t * self.schedule.T))
 
 
 class LinearField(eqx.Module):
@@ -32,11 +21,6 @@ class LinearField(eqx.Module):
 
     def __call__(self, u, z, t):
         return (1.0 + t) * (self.matrix @ u)
-
-
-def _time_of_tau(schedule, tau):
-    a = 0.5 * (schedule.beta_max - schedule.beta_min) / schedule.T
-    return (-schedule.beta_min + math.sqrt(schedule.beta_min**2 + 4 * a * tau)) / (2 * a)
 
 
 @pytest.mark.parametrize("method", ["sde", "ode"])
@@ -50,7 +34,7 @@ def test_exact_point_mass_score_recovers_the_heat_kernel(method):
     schedule = mp.mixing_schedule(noise)
     u0 = jnp.eye(d)[0]
     score = TangentScore(
-        PointMassScore(u0, schedule), noise, schedule, 0.0, 1.0, _time_of_tau(schedule, tau_end)
+        PointMassScore(u0, schedule), noise, schedule, 0.0, 1.0, time_of_tau(schedule, tau_end)
     )
     u_T = unit_rows(jax.random.key(0), n, d)
     steps = 1024 if method == "sde" else 256
