@@ -3,8 +3,14 @@ r"""`MSGM`: a trained multiplicative score-based generative model as a NumPyro d
 A draw takes a latent point — a norm from the norm model and a uniform direction — and runs the
 reverse dynamics of the direction from s = T to s = t_ε (:mod:`msgm_pp.samplers`). The norm is kept
 exactly, so the norms of samples follow the norm model, heavy tails included.
+
+`log_prob` integrates the probability-flow ODE forward from x (:mod:`msgm_pp.density`): it is the
+exact log-density of the law that the ODE sampler draws from, up to the integration error of its
+`log_prob_steps` steps, and differentiable in x.
 """
 
+import dataclasses
+import json
 import math
 from typing import ClassVar
 
@@ -14,8 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
+from numpyro.distributions.util import validate_sample
 
+from msgm_pp import io as model_io
 from msgm_pp._checks import check_key, check_points, check_positive_int
+from msgm_pp.density import check_trace_estimator, default_trace_estimator, log_prob_point
 from msgm_pp.latent import AbstractNormModel, Latent, fit_norm_model, log_norm
 from msgm_pp.losses import NetworkLoss, dsm_applies, make_loss
 from msgm_pp.nets import LatticeScoreNet, ScoreMLP
@@ -26,6 +35,8 @@ from msgm_pp.score import TangentScore
 from msgm_pp.train import TrainingHistory, fit_network, make_optimizer
 
 _CHUNK_BUDGET = 2**18  # sample rows × d per compiled chunk: bounded memory for any n
+_DENSITY_CHUNK_BUDGET = 2**16  # log_prob rows × d per vectorised chunk
+_PROBE_KEY_SEED = 0
 
 
 def make_noise(noise, dim: int, *, key) -> AbstractNoise:
@@ -68,18 +79,50 @@ def _draw(score, norm_model, key, num_chunks: int, chunk_size: int, steps: int, 
     return draws.reshape(-1, score.dim)
 
 
+def _check_options(dim, sampler, sample_steps, log_prob_steps, trace, num_probes) -> dict:
+    return {
+        "sampler": check_sampler(sampler),
+        "sample_steps": check_positive_int(sample_steps, "sample_steps"),
+        "log_prob_steps": check_positive_int(log_prob_steps, "log_prob_steps"),
+        "trace": check_trace_estimator(default_trace_estimator(dim) if trace is None else trace),
+        "num_probes": check_positive_int(num_probes, "num_probes"),
+    }
+
+
+@eqx.filter_jit
+def _log_density(score, norm_model, x, steps: int, trace: str, num_probes: int, key):
+    def one_point(point):
+        return log_prob_point(
+            score, norm_model, point, steps=steps, trace=trace, num_probes=num_probes, key=key
+        )
+
+    chunk_size = max(1, _DENSITY_CHUNK_BUDGET // score.dim)
+    if x.shape[0] <= chunk_size:
+        return jax.vmap(one_point)(x)
+    return jax.lax.map(one_point, x, batch_size=chunk_size)
+
+
 class MSGM(dist.Distribution):
     """A trained MSGM on R^d: event_shape (d,), support real_vector.
 
-    Build one with :meth:`MSGM.fit`. `score` (network, noise, schedule) and `norm_model` are pytree
-    data fields, so the distribution keeps its network through jit and vmap; `history` holds the
-    training losses. `sampler` ("sde" or "ode") and `sample_steps` set how `sample` integrates.
+    Build one with :meth:`MSGM.fit` or :func:`msgm_pp.load`. `score` (network, noise, schedule) and
+    `norm_model` are pytree data fields, so the distribution keeps its network through jit and vmap;
+    `history` holds the training losses.
+
+    Accuracy and cost are set by static options (change them with :meth:`with_options`, or per call
+    with :meth:`draw` and :meth:`log_density`):
+
+    - `sampler` ("sde" or "ode") and `sample_steps`: how `sample` integrates the reverse dynamics;
+    - `log_prob_steps`: Heun steps of the probability-flow ODE in `log_prob` (the error falls as
+      1/steps²; on the paper's Cauchy task its mean is 0.006 nats at the default 64 steps);
+    - `trace`: "exact" (the Jacobian trace; the default for d <= 64) or "hutchinson" (an unbiased
+      estimate with `num_probes` Rademacher probes per step from a fixed key, the default above).
     """
 
     arg_constraints: ClassVar[dict] = {}
     support = constraints.real_vector
     pytree_data_fields = ("score", "norm_model", "history")
-    pytree_aux_fields = ("sampler", "sample_steps")
+    pytree_aux_fields = ("sampler", "sample_steps", "log_prob_steps", "trace", "num_probes")
 
     def __init__(
         self,
@@ -88,6 +131,9 @@ class MSGM(dist.Distribution):
         *,
         sampler: str = "sde",
         sample_steps: int = 128,
+        log_prob_steps: int = 64,
+        trace: str | None = None,
+        num_probes: int = 1,
         history: TrainingHistory | None = None,
         validate_args=None,
     ):
@@ -100,9 +146,44 @@ class MSGM(dist.Distribution):
         self.score = score
         self.norm_model = norm_model
         self.history = history
-        self.sampler = check_sampler(sampler)
-        self.sample_steps = check_positive_int(sample_steps, "sample_steps")
+        options = _check_options(
+            score.dim, sampler, sample_steps, log_prob_steps, trace, num_probes
+        )
+        for name, value in options.items():
+            setattr(self, name, value)
         super().__init__(batch_shape=(), event_shape=(score.dim,), validate_args=validate_args)
+
+    @property
+    def options(self) -> dict:
+        """The static settings of `sample` and `log_prob`; see the class docstring."""
+        return {name: getattr(self, name) for name in self.pytree_aux_fields}
+
+    def with_options(self, **options) -> "MSGM":
+        """A copy with some of `options` changed, e.g. `model.with_options(log_prob_steps=32)`."""
+        unknown = sorted(set(options) - set(self.pytree_aux_fields))
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {unknown}; the options are {list(self.pytree_aux_fields)}."
+            )
+        return type(self)(
+            self.score,
+            self.norm_model,
+            history=self.history,
+            validate_args=self._validate_args,
+            **{**self.options, **options},
+        )
+
+    @classmethod
+    def infer_shapes(cls, score=None, *args, **kwargs):
+        """((), (d,)): an MSGM is a single distribution on R^d, with d = `score.dim`.
+
+        `score` may be the TangentScore or its `jax.eval_shape` structure."""
+        if score is None or not hasattr(score, "dim"):
+            raise ValueError(
+                "MSGM.infer_shapes needs the score (a TangentScore or its jax.eval_shape "
+                "structure): the event shape (d,) comes from its network, not from array shapes."
+            )
+        return (), (score.dim,)
 
     def tree_flatten(self):
         # Only arrays become leaves; activations and other static parts of the network travel in
@@ -149,6 +230,9 @@ class MSGM(dist.Distribution):
         weighted: bool = True,
         sampler: str = "sde",
         sample_steps: int = 128,
+        log_prob_steps: int = 64,
+        trace: str | None = None,
+        num_probes: int = 1,
         progress: bool | None = None,
     ) -> "MSGM":
         """Fit the norm model and train the tangent score on data of shape (n, d).
@@ -171,16 +255,16 @@ class MSGM(dist.Distribution):
             t_eps: the smallest diffusion time, where sampling stops.
             forward_steps: integrator steps for the forward draws where they are not exact.
             weighted: weight the loss by λ(s) (see `TangentScore.loss_weight`); False is the paper.
-            sampler, sample_steps: the defaults of `sample`.
+            sampler, sample_steps, log_prob_steps, trace, num_probes: the options of `sample` and
+                `log_prob` (see the class docstring).
 
         Returns:
             The trained MSGM; its `history` holds the losses.
         """
         key = check_key(key)
-        check_sampler(sampler)
-        sample_steps = check_positive_int(sample_steps, "sample_steps")
         x = check_points(data, "data")
         dim = x.shape[1]
+        options = _check_options(dim, sampler, sample_steps, log_prob_steps, trace, num_probes)
         noise_key, net_key, train_key = jax.random.split(key, 3)
         noise = make_noise(noise, dim, key=noise_key)
         if loss is None:
@@ -214,7 +298,77 @@ class MSGM(dist.Distribution):
             progress=progress,
         )
         score = eqx.tree_at(lambda sc: sc.net, score, trained_net)
-        return cls(score, norm_model, sampler=sampler, sample_steps=sample_steps, history=history)
+        settings = {
+            "noise": type(noise).__name__,
+            "loss": loss,
+            "net": type(score.net).__name__ if net is None else "custom",
+            "steps": steps,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate
+            if isinstance(learning_rate, float | int)
+            else "schedule",
+            "clip_norm": clip_norm,
+            "optimizer": "adam" if optimizer is None else "custom",
+            "validation_fraction": validation_fraction,
+            "patience": patience,
+            "eval_every": eval_every,
+            "norm": norm,
+            "norm_options": json.dumps(norm_options or {}, sort_keys=True),
+            "t_eps": float(t_eps),
+            "forward_steps": forward_steps,
+            "weighted": weighted,
+        }
+        history = dataclasses.replace(history, settings=tuple(settings.items()))
+        return cls(score, norm_model, history=history, **options)
+
+    def save(self, path) -> None:
+        """Write the model to `path` (no pickle; atomic). Read it back with :func:`msgm_pp.load`."""
+        model_io.save(self, path)
+
+    @validate_sample
+    def log_prob(self, value):
+        return self.log_density(value)
+
+    def log_density(
+        self,
+        value,
+        *,
+        steps: int | None = None,
+        trace: str | None = None,
+        num_probes: int | None = None,
+        key=None,
+    ):
+        """log p(x) for x of shape batch + (d,), with optional overrides of the model's options.
+
+        Args:
+            value: points of shape (..., d).
+            steps: probability-flow ODE steps (default `log_prob_steps`).
+            trace: "exact" or "hutchinson" (default the model's `trace`).
+            num_probes, key: Hutchinson probes per step and their key (default `num_probes` and a
+                fixed key, so that log p is a deterministic function of x).
+
+        Returns:
+            log p of shape batch; −inf at x = 0 and at infinite entries, NaN for NaN entries.
+        """
+        x = jnp.asarray(value)
+        if x.ndim == 0 or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"`value` must have shape (..., {self.dim}) for this model on R^{self.dim}, got "
+                f"shape {x.shape}."
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            x = x.astype(jnp.result_type(float))
+        steps = self.log_prob_steps if steps is None else check_positive_int(steps, "steps")
+        trace = self.trace if trace is None else check_trace_estimator(trace)
+        num_probes = (
+            self.num_probes if num_probes is None else check_positive_int(num_probes, "num_probes")
+        )
+        key = jax.random.key(_PROBE_KEY_SEED) if key is None else check_key(key)
+        batch = x.reshape(math.prod(x.shape[:-1]), self.dim)
+        if batch.shape[0] == 0:
+            return jnp.zeros(x.shape[:-1], x.dtype)
+        log_p = _log_density(self.score, self.norm_model, batch, steps, trace, num_probes, key)
+        return log_p.reshape(x.shape[:-1])
 
     def sample(self, key, sample_shape=()):
         return self.draw(key, sample_shape)

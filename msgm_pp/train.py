@@ -35,7 +35,7 @@ class TrainingHistory(eqx.Module):
     train_loss: the minibatch loss at every step taken. validation_loss, validation_step: the
     validation loss after each chunk (entry 0 is the initial network, at step 0). best_step: the
     step whose parameters were kept. stop_reason: "steps", "early stopping", "non-finite loss" or
-    "interrupted".
+    "interrupted". settings: the training settings as (name, value) pairs (see `MSGM.fit`).
     """
 
     train_loss: jax.Array
@@ -43,6 +43,7 @@ class TrainingHistory(eqx.Module):
     validation_step: jax.Array
     best_step: int = eqx.field(static=True)
     stop_reason: str = eqx.field(static=True)
+    settings: tuple[tuple[str, object], ...] = eqx.field(static=True, default=())
 
 
 def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None):
