@@ -2,6 +2,7 @@
 
 from msgm_pp.distribution import MSGM
 from msgm_pp.integrators import forward_sample, forward_sample_exact
+from msgm_pp.io import load
 from msgm_pp.latent import (
     AbstractNormModel,
     EmpiricalNorm,
@@ -44,5 +45,6 @@ __all__ = [
     "fit_norm_model",
     "forward_sample",
     "forward_sample_exact",
+    "load",
     "mixing_schedule",
 ]

@@ -1,0 +1,168 @@
+"""Saving and loading: bit-identical round trips, atomic writes, and refusal of bad files."""
+
+import io
+import json
+import os
+import pickle
+import zipfile
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+from test_density import point_mass_model
+
+import msgm_pp as mp
+from msgm_pp import io as model_io
+
+BUDGET = dict(steps=20, eval_every=10, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    key_direction, key_norm = jax.random.split(jax.random.key(0))
+    z = jax.random.normal(key_direction, (600, 3))
+    return z * np.exp(jax.random.normal(key_norm, (600, 1)))
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return mp.MSGM.fit(data, key=jax.random.key(1), **BUDGET).with_options(log_prob_steps=8)
+
+
+def assert_same_model(a, b):
+    key = jax.random.key(7)
+    x = a.sample(key, (16,))
+    np.testing.assert_array_equal(x, b.sample(key, (16,)))
+    np.testing.assert_array_equal(a.log_prob(x), b.log_prob(x))
+    assert a.options == b.options
+
+
+def test_round_trip_is_bit_identical(model, tmp_path):
+    path = tmp_path / "model.msgm"
+    model.save(path)
+    loaded = mp.load(path)
+    assert_same_model(model, loaded)
+    assert loaded.history.settings == model.history.settings
+    np.testing.assert_array_equal(loaded.history.train_loss, model.history.train_loss)
+    assert dict(loaded.history.settings)["steps"] == 20
+
+
+@pytest.mark.parametrize("noise", ["dense", mp.LatticeNoise((3,))], ids=["dense", "lattice"])
+def test_round_trip_for_every_noise_and_network(data, noise, tmp_path):
+    model = mp.MSGM.fit(data, key=jax.random.key(2), noise=noise, norm="kde", **BUDGET)
+    model = model.with_options(log_prob_steps=4, sample_steps=8)
+    model.save(tmp_path / "m.msgm")
+    loaded = mp.load(tmp_path / "m.msgm")
+    assert type(loaded.noise) is type(model.noise)
+    parts = lambda m: (m.score, m.norm_model, m.history, m.options)
+    assert eqx.tree_equal(parts(loaded), parts(model))
+
+
+def test_custom_network_needs_a_skeleton(tmp_path):
+    model, _ = point_mass_model(3, log_prob_steps=8)
+    model.save(tmp_path / "custom.msgm")
+    with pytest.raises(ValueError, match="custom network of type 'PointMassScore'"):
+        mp.load(tmp_path / "custom.msgm")
+    assert_same_model(model, mp.load(tmp_path / "custom.msgm", net=model.score.net))
+
+
+def test_a_failed_save_leaves_the_previous_file_intact(model, tmp_path, monkeypatch):
+    path = tmp_path / "model.msgm"
+    model.save(path)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_io.np, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.msgm"]
+    monkeypatch.undo()
+    assert_same_model(model, mp.load(path))
+
+
+def test_truncated_and_corrupted_files_are_refused(model, tmp_path):
+    path = tmp_path / "model.msgm"
+    model.save(path)
+    raw = path.read_bytes()
+    truncated = tmp_path / "truncated.msgm"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="not a valid msgm_pp model file"):
+        mp.load(truncated)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("arrays/3.npy")
+    flipped = bytearray(raw)
+    flipped[info.header_offset + 60] ^= 0xFF
+    corrupted = tmp_path / "corrupted.msgm"
+    corrupted.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="not a valid msgm_pp model file"):
+        mp.load(corrupted)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_pickle_payloads_are_refused_without_running_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw.msgm").write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(ValueError, match="not a zip archive"):
+        mp.load(tmp_path / "raw.msgm")
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([_Exploit()], dtype=object), allow_pickle=True)
+    description = {
+        "format": model_io.FORMAT,
+        "format_version": 1,
+        "score": {"array": 0},
+    }
+    with zipfile.ZipFile(tmp_path / "object.msgm", "w") as archive:
+        archive.writestr("model.json", json.dumps(description))
+        archive.writestr("arrays/0.npy", buffer.getvalue())
+    with pytest.raises(ValueError, match="not a plain numeric array"):
+        mp.load(tmp_path / "object.msgm")
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_foreign_and_future_files_are_refused(model, tmp_path):
+    with zipfile.ZipFile(tmp_path / "foreign.zip", "w") as archive:
+        archive.writestr("model.json", json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="does not name the msgm_pp model format"):
+        mp.load(tmp_path / "foreign.zip")
+    model.save(tmp_path / "model.msgm")
+    with zipfile.ZipFile(tmp_path / "model.msgm") as source:
+        entries = {name: source.read(name) for name in source.namelist()}
+    description = json.loads(entries["model.json"])
+    description["format_version"] = model_io.FORMAT_VERSION + 1
+    entries["model.json"] = json.dumps(description)
+    with zipfile.ZipFile(tmp_path / "future.msgm", "w") as target:
+        for name, content in entries.items():
+            target.writestr(name, content)
+    with pytest.raises(ValueError, match="upgrade msgm_pp"):
+        mp.load(tmp_path / "future.msgm")
+
+
+def test_mismatched_arrays_are_refused(model, tmp_path):
+    model.save(tmp_path / "model.msgm")
+    with zipfile.ZipFile(tmp_path / "model.msgm") as source:
+        entries = {name: source.read(name) for name in source.namelist()}
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 2), np.float32))
+    entries["arrays/0.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(tmp_path / "edited.msgm", "w") as target:
+        for name, content in entries.items():
+            target.writestr(name, content)
+    with pytest.raises(ValueError, match="expected"):
+        mp.load(tmp_path / "edited.msgm")
+
+
+def test_bad_arguments(model, tmp_path):
+    with pytest.raises(ValueError, match="is a directory"):
+        model.save(tmp_path)
+    with pytest.raises(TypeError, match="must be an MSGM"):
+        model_io.save(model.score, tmp_path / "x.msgm")
+    with pytest.raises(FileNotFoundError):
+        mp.load(tmp_path / "missing.msgm")
