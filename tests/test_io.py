@@ -30,6 +30,16 @@ def model(data):
     return mp.MSGM.fit(data, key=jax.random.key(1), **BUDGET).with_options(log_prob_steps=8)
 
 
+def edited_copy(source, target, name, content):
+    """Copy the model archive `source` to `target` with the entry `name` replaced by `content`."""
+    with zipfile.ZipFile(source) as archive:
+        entries = {entry: archive.read(entry) for entry in archive.namelist()}
+    entries[name] = content
+    with zipfile.ZipFile(target, "w") as archive:
+        for entry, data in entries.items():
+            archive.writestr(entry, data)
+
+
 def assert_same_model(a, b):
     key = jax.random.key(7)
     x = a.sample(key, (16,))
@@ -133,28 +143,22 @@ def test_foreign_and_future_files_are_refused(model, tmp_path):
     with pytest.raises(ValueError, match="does not name the msgm_pp model format"):
         mp.load(tmp_path / "foreign.zip")
     model.save(tmp_path / "model.msgm")
-    with zipfile.ZipFile(tmp_path / "model.msgm") as source:
-        entries = {name: source.read(name) for name in source.namelist()}
-    description = json.loads(entries["model.json"])
+    description = json.loads(zipfile.ZipFile(tmp_path / "model.msgm").read("model.json"))
     description["format_version"] = model_io.FORMAT_VERSION + 1
-    entries["model.json"] = json.dumps(description)
-    with zipfile.ZipFile(tmp_path / "future.msgm", "w") as target:
-        for name, content in entries.items():
-            target.writestr(name, content)
+    edited_copy(
+        tmp_path / "model.msgm", tmp_path / "future.msgm", "model.json", json.dumps(description)
+    )
     with pytest.raises(ValueError, match="upgrade msgm_pp"):
         mp.load(tmp_path / "future.msgm")
 
 
 def test_mismatched_arrays_are_refused(model, tmp_path):
     model.save(tmp_path / "model.msgm")
-    with zipfile.ZipFile(tmp_path / "model.msgm") as source:
-        entries = {name: source.read(name) for name in source.namelist()}
     buffer = io.BytesIO()
     np.save(buffer, np.zeros((2, 2), np.float32))
-    entries["arrays/0.npy"] = buffer.getvalue()
-    with zipfile.ZipFile(tmp_path / "edited.msgm", "w") as target:
-        for name, content in entries.items():
-            target.writestr(name, content)
+    edited_copy(
+        tmp_path / "model.msgm", tmp_path / "edited.msgm", "arrays/0.npy", buffer.getvalue()
+    )
     with pytest.raises(ValueError, match="expected"):
         mp.load(tmp_path / "edited.msgm")
 
