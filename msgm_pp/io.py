@@ -154,6 +154,12 @@ def _refuse_unknown_parts(description) -> None:
             _refuse_unknown_parts(value)
 
 
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def save(model, path) -> None:
     """Write `model` (an MSGM) to `path` atomically; see the module docstring."""
     from msgm_pp import __version__
@@ -188,6 +194,7 @@ def save(model, path) -> None:
                     archive.writestr(f"arrays/{index}.npy", buffer.getvalue())
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -246,7 +253,7 @@ def _skeleton(name: str, config: dict, net):
         return IsotropicNoise(config["dim"])
     if name == "LatticeNoise":
         return LatticeNoise(tuple(config["shape"]))
-    if name in ("DenseNoise", "TensorNoise"):
+    if name == "DenseNoise":
         return DenseNoise(config["dim"], key=jax.random.key(0))
     if name == "ScoreMLP":
         return ScoreMLP(
@@ -297,12 +304,18 @@ def _decode(spec, reader: _Reader, net, where: str):
             f"the model in {reader.path} has a custom network of type {spec.get('type')!r}: pass "
             "a network of the same structure as `net=` (e.g. a freshly initialised one)."
         )
+    if name == "TensorNoise":
+        leaves = spec.get("leaves")
+        if not isinstance(leaves, list) or len(leaves) != 1:
+            raise reader.fail(f"{where} (TensorNoise) needs exactly one array.")
+        try:
+            return TensorNoise(reader.array(leaves[0]))
+        except ValueError as error:
+            raise reader.fail(f"{where} (TensorNoise) is invalid: {error}") from None
     try:
         skeleton = _skeleton(name, spec.get("config", {}), net)
     except (KeyError, TypeError, ValueError) as error:
         raise reader.fail(f"{where} names an unknown or malformed part ({error}).") from None
-    if name == "TensorNoise":
-        return TensorNoise(reader.fill(skeleton, spec.get("leaves"), where).generators)
     return reader.fill(skeleton, spec.get("leaves"), where)
 
 
