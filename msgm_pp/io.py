@@ -37,10 +37,18 @@ FORMAT_VERSION = 1
 _CORRUPT_ENTRY = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
 _DESCRIPTION = "model.json"
 
-# Plain modules are rebuilt field by field through their dataclass constructor.
+# Plain modules are rebuilt field by field through their constructor.
 _PLAIN = {
     cls.__name__: cls
-    for cls in (TangentScore, LinearSchedule, EmpiricalNorm, KDENorm, KDEGPDNorm, TrainingHistory)
+    for cls in (
+        TangentScore,
+        LinearSchedule,
+        TensorNoise,
+        EmpiricalNorm,
+        KDENorm,
+        KDEGPDNorm,
+        TrainingHistory,
+    )
 }
 _ACTIVATIONS = {
     "swish": jax.nn.swish,
@@ -70,37 +78,32 @@ def _activation_name(fn) -> str | None:
     return next((name for name, known in _ACTIVATIONS.items() if known is fn), None)
 
 
-def _net_config(net) -> dict | None:
-    if isinstance(net, ScoreMLP):
-        activation = _activation_name(net.mlp.activation)
+def _hyperparameters(value) -> dict | None:
+    """The constructor arguments that rebuild a network or noise of this shape, if it has any."""
+    if isinstance(value, IsotropicNoise | DenseNoise):
+        return {"dim": value.dim}
+    if isinstance(value, LatticeNoise):
+        return {"shape": list(value.shape)}
+    if isinstance(value, ScoreMLP):
+        activation = _activation_name(value.mlp.activation)
         if activation is None:
             return None
         return {
-            "dim": net.mlp.out_size,
-            "width": net.mlp.width_size,
-            "depth": net.mlp.depth,
-            "num_frequencies": net.features.num_frequencies,
+            "dim": value.mlp.out_size,
+            "width": value.mlp.width_size,
+            "depth": value.mlp.depth,
+            "num_frequencies": value.features.num_frequencies,
             "activation": activation,
         }
-    if isinstance(net, LatticeScoreNet):
+    if isinstance(value, LatticeScoreNet):
         return {
-            "shape": list(net.shape),
-            "channels": net.lift.out_channels,
-            "num_blocks": len(net.blocks),
-            "kernel_size": net.lift.kernel_size[0],
-            "num_frequencies": net.features.num_frequencies,
+            "shape": list(value.shape),
+            "channels": value.lift.out_channels,
+            "num_blocks": len(value.blocks),
+            "kernel_size": value.lift.kernel_size[0],
+            "num_frequencies": value.features.num_frequencies,
         }
     return None
-
-
-def _noise_config(noise) -> dict:
-    if isinstance(noise, IsotropicNoise):
-        return {"dim": noise.dim}
-    if isinstance(noise, LatticeNoise):
-        return {"shape": list(noise.shape)}
-    if isinstance(noise, DenseNoise | TensorNoise):
-        return {"dim": noise.dim, "num_generators": noise.num_generators}
-    raise TypeError(f"cannot save a model with noise of type {type(noise).__name__}.")
 
 
 def _encode(value, writer: _Writer):
@@ -110,31 +113,20 @@ def _encode(value, writer: _Writer):
         return value
     if isinstance(value, tuple | list):
         return {"sequence": [_encode(item, writer) for item in value]}
-    if isinstance(value, IsotropicNoise | LatticeNoise | DenseNoise | TensorNoise):
-        return {
-            "class": type(value).__name__,
-            "config": _noise_config(value),
-            "leaves": writer.leaves(value),
-        }
-    if isinstance(value, ScoreMLP | LatticeScoreNet) and _net_config(value) is not None:
-        return {
-            "class": type(value).__name__,
-            "config": _net_config(value),
-            "leaves": writer.leaves(value),
-        }
-    if type(value) is TangentScore:
-        fields = {
-            f.name: _encode(getattr(value, f.name), writer) for f in dataclasses.fields(value)
-        }
-        if isinstance(fields["net"], dict) and fields["net"].get("class") is None:
-            fields["net"] = {"class": "custom", "type": type(value.net).__name__}
-            fields["net"]["leaves"] = writer.leaves(value.net)
-        return {"class": "TangentScore", "fields": fields}
     if type(value) in _PLAIN.values():
         fields = {
             f.name: _encode(getattr(value, f.name), writer) for f in dataclasses.fields(value)
         }
+        if type(value) is TangentScore and "unknown" in fields["net"]:
+            fields["net"] = {
+                "class": "custom",
+                "type": type(value.net).__name__,
+                "leaves": writer.leaves(value.net),
+            }
         return {"class": type(value).__name__, "fields": fields}
+    config = _hyperparameters(value)
+    if config is not None:
+        return {"class": type(value).__name__, "config": config, "leaves": writer.leaves(value)}
     if isinstance(value, eqx.Module):
         return {"unknown": type(value).__name__}
     raise TypeError(f"cannot save a value of type {type(value).__name__}.")
@@ -304,14 +296,6 @@ def _decode(spec, reader: _Reader, net, where: str):
             f"the model in {reader.path} has a custom network of type {spec.get('type')!r}: pass "
             "a network of the same structure as `net=` (e.g. a freshly initialised one)."
         )
-    if name == "TensorNoise":
-        leaves = spec.get("leaves")
-        if not isinstance(leaves, list) or len(leaves) != 1:
-            raise reader.fail(f"{where} (TensorNoise) needs exactly one array.")
-        try:
-            return TensorNoise(reader.array(leaves[0]))
-        except ValueError as error:
-            raise reader.fail(f"{where} (TensorNoise) is invalid: {error}") from None
     try:
         skeleton = _skeleton(name, spec.get("config", {}), net)
     except (KeyError, TypeError, ValueError) as error:
@@ -335,9 +319,9 @@ def load(path, *, net=None):
     path = os.fspath(path)
     try:
         archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise
     except (zipfile.BadZipFile, OSError) as error:
-        if isinstance(error, FileNotFoundError):
-            raise
         raise ValueError(
             f"{path} is not a valid msgm_pp model file: it is not a zip archive ({error})."
         ) from None
