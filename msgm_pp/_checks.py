@@ -55,8 +55,15 @@ def check_dim(d, name: str = "d") -> int:
     return int(d)
 
 
-def check_points(x, name: str, dim: int | None = None, allow_single: bool = False):
-    """Validate an (n, d) array of points with finite entries and nonzero rows.
+def check_points(
+    x,
+    name: str,
+    dim: int | None = None,
+    allow_single: bool = False,
+    allow_zero_rows: bool = False,
+):
+    """Validate an (n, d) array of points with finite entries and (unless `allow_zero_rows`)
+    nonzero rows.
 
     Returns a float array. With `allow_single`, a (d,) vector is accepted as one point.
     """
@@ -72,7 +79,7 @@ def check_points(x, name: str, dim: int | None = None, allow_single: bool = Fals
         raise ValueError(f"`{name}` must be a 2-D array of shape {expected}, got shape {x.shape}.")
     d = x.shape[-1]
     if d < 2:
-        raise ValueError(f"`{name}` has d = {d} columns; MSGM needs d >= 2.")
+        raise ValueError(f"`{name}` has d = {d} columns; msgm_pp models need d >= 2.")
     if dim is not None and d != dim:
         raise ValueError(f"`{name}` has {d} columns but the model has dimension d = {dim}.")
     if x.ndim == 2 and x.shape[0] == 0:
@@ -86,7 +93,7 @@ def check_points(x, name: str, dim: int | None = None, allow_single: bool = Fals
                 f"{describe_indices(np.flatnonzero(bad))}."
             )
         zero = ~(values != 0).any(axis=1)
-        if zero.any():
+        if zero.any() and not allow_zero_rows:
             raise ValueError(
                 f"`{name}` has {int(zero.sum())} row(s) of zero norm at indices "
                 f"{describe_indices(np.flatnonzero(zero))}: their direction x/|x| is undefined."

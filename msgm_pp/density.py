@@ -74,13 +74,26 @@ def _velocity(score: TangentScore, y, log_r, s):
     return -0.5 * score.drift(y / jnp.linalg.norm(y), log_r, s)
 
 
-def _velocity_and_divergence(score: TangentScore, u, log_r, s, trace: str, probes):
-    """F_s(u) and div F_s(u) on the sphere (exactly, or the mean of zᵀJz over the probes z)."""
-    f, jvp = jax.linearize(lambda y: _velocity(score, y, log_r, s), u)
+def value_and_divergence(field, y, trace: str, probes):
+    """field(y) and its divergence at y: the exact Jacobian trace, or the mean of zᵀJz over the
+    Rademacher `probes` z (num_probes, d), an unbiased estimate."""
+    f, jvp = jax.linearize(field, y)
     if trace == "exact":
-        columns = jax.vmap(jvp)(jnp.eye(u.size, dtype=u.dtype))
+        columns = jax.vmap(jvp)(jnp.eye(y.size, dtype=y.dtype))
         return f, jnp.trace(columns)
     return f, jnp.mean(jnp.sum(probes * jax.vmap(jvp)(probes), axis=-1))
+
+
+def trace_probes(key, steps: int, num_probes: int, dim: int, trace: str, dtype):
+    """Rademacher probes for the `steps` + 1 divergence evaluations of a solve (none if exact)."""
+    if trace == "hutchinson":
+        return jax.random.rademacher(key, (steps + 1, num_probes, dim), dtype=dtype)
+    return jnp.zeros((steps + 1, 0, dim), dtype)
+
+
+def _velocity_and_divergence(score: TangentScore, u, log_r, s, trace: str, probes):
+    """F_s(u) and div F_s(u) on the sphere."""
+    return value_and_divergence(lambda y: _velocity(score, y, log_r, s), u, trace, probes)
 
 
 def log_prob_point(
@@ -98,10 +111,7 @@ def log_prob_point(
     log_r, u, regular = _safe_polar(x)
     T, t_eps = score.schedule.T, score.t_eps
     times = t_eps + (T - t_eps) * jnp.arange(steps + 1, dtype=u.dtype) / steps
-    if trace == "hutchinson":
-        signs = jax.random.rademacher(key, (steps + 1, num_probes, d), dtype=u.dtype)
-    else:
-        signs = jnp.zeros((steps + 1, 0, d), u.dtype)
+    signs = trace_probes(key, steps, num_probes, d, trace, u.dtype)
 
     def heun(carry, inputs):
         u, f, div, s = carry

@@ -9,34 +9,30 @@ exact log-density of the law that the ODE sampler draws from, up to the integrat
 `log_prob_steps` steps, and differentiable in x.
 """
 
-import dataclasses
 import json
-import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
-from numpyro.distributions import constraints
-from numpyro.distributions.util import validate_sample
 
-from msgm_pp import io as model_io
-from msgm_pp._checks import check_key, check_points, check_positive_int
-from msgm_pp.density import check_trace_estimator, default_trace_estimator, log_prob_point
+from msgm_pp._checks import check_key, check_points
+from msgm_pp.density import log_prob_point
+from msgm_pp.generative import ScoreBasedDistribution, check_options, map_rows
 from msgm_pp.latent import AbstractNormModel, Latent, fit_norm_model, log_norm
 from msgm_pp.losses import NetworkLoss, dsm_applies, make_loss
 from msgm_pp.nets import LatticeScoreNet, ScoreMLP
 from msgm_pp.noise import AbstractNoise, DenseNoise, IsotropicNoise, LatticeNoise
-from msgm_pp.samplers import check_sampler, reverse_directions
+from msgm_pp.samplers import reverse_directions
 from msgm_pp.schedule import mixing_schedule
 from msgm_pp.score import TangentScore
-from msgm_pp.train import TrainingHistory, fit_network, make_optimizer
-
-_CHUNK_BUDGET = 2**18  # sample rows × d per compiled chunk: bounded memory for any n
-_DENSITY_CHUNK_BUDGET = 2**16  # log_prob rows × d per vectorised chunk
-_PROBE_KEY_SEED = 0
+from msgm_pp.train import (
+    TrainingHistory,
+    fit_network,
+    make_optimizer,
+    optimizer_settings,
+    record_settings,
+)
 
 
 def make_noise(noise, dim: int, *, key) -> AbstractNoise:
@@ -79,16 +75,6 @@ def _draw(score, norm_model, key, num_chunks: int, chunk_size: int, steps: int, 
     return draws.reshape(-1, score.dim)
 
 
-def _check_options(dim, sampler, sample_steps, log_prob_steps, trace, num_probes) -> dict:
-    return {
-        "sampler": check_sampler(sampler),
-        "sample_steps": check_positive_int(sample_steps, "sample_steps"),
-        "log_prob_steps": check_positive_int(log_prob_steps, "log_prob_steps"),
-        "trace": check_trace_estimator(default_trace_estimator(dim) if trace is None else trace),
-        "num_probes": check_positive_int(num_probes, "num_probes"),
-    }
-
-
 @eqx.filter_jit
 def _log_density(score, norm_model, x, steps: int, trace: str, num_probes: int, key):
     def one_point(point):
@@ -96,13 +82,10 @@ def _log_density(score, norm_model, x, steps: int, trace: str, num_probes: int, 
             score, norm_model, point, steps=steps, trace=trace, num_probes=num_probes, key=key
         )
 
-    chunk_size = max(1, _DENSITY_CHUNK_BUDGET // score.dim)
-    if x.shape[0] <= chunk_size:
-        return jax.vmap(one_point)(x)
-    return jax.lax.map(one_point, x, batch_size=chunk_size)
+    return map_rows(one_point, x, score.dim)
 
 
-class MSGM(dist.Distribution):
+class MSGM(ScoreBasedDistribution):
     """A trained MSGM on R^d: event_shape (d,), support real_vector.
 
     Build one with :meth:`MSGM.fit` or :func:`msgm_pp.load`. `score` (network, noise, schedule) and
@@ -117,12 +100,11 @@ class MSGM(dist.Distribution):
       1/steps²; on the paper's Cauchy task its mean is 0.006 nats at the default 64 steps);
     - `trace`: "exact" (the Jacobian trace; the default for d <= 64) or "hutchinson" (an unbiased
       estimate with `num_probes` Rademacher probes per step from a fixed key, the default above).
+
+    `log_prob` is −inf at x = 0 and at infinite entries, and NaN for NaN entries.
     """
 
-    arg_constraints: ClassVar[dict] = {}
-    support = constraints.real_vector
     pytree_data_fields = ("score", "norm_model", "history")
-    pytree_aux_fields = ("sampler", "sample_steps", "log_prob_steps", "trace", "num_probes")
 
     def __init__(
         self,
@@ -146,56 +128,14 @@ class MSGM(dist.Distribution):
         self.score = score
         self.norm_model = norm_model
         self.history = history
-        options = _check_options(
-            score.dim, sampler, sample_steps, log_prob_steps, trace, num_probes
+        self._set_options(
+            validate_args,
+            sampler=sampler,
+            sample_steps=sample_steps,
+            log_prob_steps=log_prob_steps,
+            trace=trace,
+            num_probes=num_probes,
         )
-        for name, value in options.items():
-            setattr(self, name, value)
-        super().__init__(batch_shape=(), event_shape=(score.dim,), validate_args=validate_args)
-
-    @property
-    def options(self) -> dict:
-        """The static settings of `sample` and `log_prob`; see the class docstring."""
-        return {name: getattr(self, name) for name in self.pytree_aux_fields}
-
-    def with_options(self, **options) -> "MSGM":
-        """A copy with some of `options` changed, e.g. `model.with_options(log_prob_steps=32)`."""
-        unknown = sorted(set(options) - set(self.pytree_aux_fields))
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {unknown}; the options are {list(self.pytree_aux_fields)}."
-            )
-        return type(self)(
-            self.score,
-            self.norm_model,
-            history=self.history,
-            validate_args=self._validate_args,
-            **{**self.options, **options},
-        )
-
-    @classmethod
-    def infer_shapes(cls, score=None, *args, **kwargs):
-        """((), (d,)): an MSGM is a single distribution on R^d, with d = `score.dim`.
-
-        `score` may be the TangentScore or its `jax.eval_shape` structure."""
-        if score is None or not hasattr(score, "dim"):
-            raise ValueError(
-                "MSGM.infer_shapes needs the score (a TangentScore or its jax.eval_shape "
-                "structure): the event shape (d,) comes from its network, not from array shapes."
-            )
-        return (), (score.dim,)
-
-    def tree_flatten(self):
-        # Only arrays become leaves; activations and other static parts of the network travel in
-        # the tree definition, so the distribution passes through jax.jit and jax.vmap.
-        fields, aux = super().tree_flatten()
-        dynamic, static = eqx.partition(fields, eqx.is_array)
-        return dynamic, (aux, static)
-
-    @classmethod
-    def tree_unflatten(cls, aux_data, params):
-        aux, static = aux_data
-        return super().tree_unflatten(aux, eqx.combine(params, static))
 
     @property
     def dim(self) -> int:
@@ -264,7 +204,7 @@ class MSGM(dist.Distribution):
         key = check_key(key)
         x = check_points(data, "data")
         dim = x.shape[1]
-        options = _check_options(dim, sampler, sample_steps, log_prob_steps, trace, num_probes)
+        options = check_options(dim, sampler, sample_steps, log_prob_steps, trace, num_probes)
         noise_key, net_key, train_key = jax.random.split(key, 3)
         noise = make_noise(noise, dim, key=noise_key)
         if loss is None:
@@ -298,95 +238,22 @@ class MSGM(dist.Distribution):
             progress=progress,
         )
         score = eqx.tree_at(lambda sc: sc.net, score, trained_net)
-        settings = {
-            "noise": type(noise).__name__,
-            "loss": loss,
-            "net": type(score.net).__name__ if net is None else "custom",
-            "steps": steps,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate
-            if isinstance(learning_rate, float | int)
-            else "schedule",
-            "clip_norm": clip_norm,
-            "optimizer": "adam" if optimizer is None else "custom",
-            "validation_fraction": validation_fraction,
-            "patience": patience,
-            "eval_every": eval_every,
-            "norm": norm,
-            "norm_options": json.dumps(norm_options or {}, sort_keys=True),
-            "t_eps": float(t_eps),
-            "forward_steps": forward_steps,
-            "weighted": weighted,
-        }
-        history = dataclasses.replace(history, settings=tuple(settings.items()))
+        history = record_settings(
+            history,
+            noise=type(noise).__name__,
+            loss=loss,
+            net=type(score.net).__name__ if net is None else "custom",
+            **optimizer_settings(learning_rate, clip_norm, optimizer),
+            norm=norm,
+            norm_options=json.dumps(norm_options or {}, sort_keys=True),
+            t_eps=float(t_eps),
+            forward_steps=forward_steps,
+            weighted=weighted,
+        )
         return cls(score, norm_model, history=history, **options)
 
-    def save(self, path) -> None:
-        """Write the model to `path` (no pickle; atomic). Read it back with :func:`msgm_pp.load`."""
-        model_io.save(self, path)
+    def _draw_chunks(self, key, num_chunks, chunk_size, steps, sampler):
+        return _draw(self.score, self.norm_model, key, num_chunks, chunk_size, steps, sampler)
 
-    @validate_sample
-    def log_prob(self, value):
-        return self.log_density(value)
-
-    def log_density(
-        self,
-        value,
-        *,
-        steps: int | None = None,
-        trace: str | None = None,
-        num_probes: int | None = None,
-        key=None,
-    ):
-        """log p(x) for x of shape batch + (d,), with optional overrides of the model's options.
-
-        Args:
-            value: points of shape (..., d).
-            steps: probability-flow ODE steps (default `log_prob_steps`).
-            trace: "exact" or "hutchinson" (default the model's `trace`).
-            num_probes, key: Hutchinson probes per step and their key (default `num_probes` and a
-                fixed key, so that log p is a deterministic function of x).
-
-        Returns:
-            log p of shape batch; −inf at x = 0 and at infinite entries, NaN for NaN entries.
-        """
-        x = jnp.asarray(value)
-        if x.ndim == 0 or x.shape[-1] != self.dim:
-            raise ValueError(
-                f"`value` must have shape (..., {self.dim}) for this model on R^{self.dim}, got "
-                f"shape {x.shape}."
-            )
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            x = x.astype(jnp.result_type(float))
-        steps = self.log_prob_steps if steps is None else check_positive_int(steps, "steps")
-        trace = self.trace if trace is None else check_trace_estimator(trace)
-        num_probes = (
-            self.num_probes if num_probes is None else check_positive_int(num_probes, "num_probes")
-        )
-        key = jax.random.key(_PROBE_KEY_SEED) if key is None else check_key(key)
-        batch = x.reshape(math.prod(x.shape[:-1]), self.dim)
-        if batch.shape[0] == 0:
-            return jnp.zeros(x.shape[:-1], x.dtype)
-        log_p = _log_density(self.score, self.norm_model, batch, steps, trace, num_probes, key)
-        return log_p.reshape(x.shape[:-1])
-
-    def sample(self, key, sample_shape=()):
-        return self.draw(key, sample_shape)
-
-    def draw(self, key, sample_shape=(), *, steps: int | None = None, sampler: str | None = None):
-        """Samples of shape sample_shape + (d,), with optional overrides of the sampler settings.
-
-        Draws are made in chunks of at most 2^18 / d rows inside one compiled loop, so memory stays
-        bounded for any number of samples.
-        """
-        key = check_key(key)
-        steps = self.sample_steps if steps is None else check_positive_int(steps, "steps")
-        sampler = self.sampler if sampler is None else check_sampler(sampler)
-        shape = tuple(sample_shape) + self.batch_shape
-        n = math.prod(shape)
-        if n == 0:
-            return jnp.zeros((*shape, self.dim))
-        chunk_size = max(1, min(n, _CHUNK_BUDGET // self.dim))
-        num_chunks = math.ceil(n / chunk_size)
-        x = _draw(self.score, self.norm_model, key, num_chunks, chunk_size, steps, sampler)
-        return x[:n].reshape((*shape, self.dim))
+    def _log_density_rows(self, x, steps, trace, num_probes, key):
+        return _log_density(self.score, self.norm_model, x, steps, trace, num_probes, key)

@@ -15,6 +15,7 @@
 Everything is a pure function of `key`: the same key gives the same parameters.
 """
 
+import dataclasses
 import math
 import sys
 import warnings
@@ -44,6 +45,21 @@ class TrainingHistory(eqx.Module):
     best_step: int = eqx.field(static=True)
     stop_reason: str = eqx.field(static=True)
     settings: tuple[tuple[str, object], ...] = eqx.field(static=True, default=())
+
+
+def record_settings(history: TrainingHistory, **settings) -> TrainingHistory:
+    """`history` with `settings` added to the ones `fit_network` recorded."""
+    return dataclasses.replace(history, settings=history.settings + tuple(settings.items()))
+
+
+def optimizer_settings(learning_rate, clip_norm, optimizer) -> dict:
+    """How the optimiser was chosen, for `TrainingHistory.settings` (schedules and custom
+    optimisers are recorded by kind only)."""
+    return {
+        "learning_rate": learning_rate if isinstance(learning_rate, float | int) else "schedule",
+        "clip_norm": clip_norm,
+        "optimizer": "adam" if optimizer is None else "custom",
+    }
 
 
 def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None):
@@ -218,5 +234,12 @@ def fit_network(
         validation_step=jnp.asarray(validation_steps),
         best_step=best_step,
         stop_reason=stop_reason,
+        settings=(
+            ("steps", steps),
+            ("batch_size", batch_size),
+            ("validation_fraction", validation_fraction),
+            ("patience", patience),
+            ("eval_every", eval_every),
+        ),
     )
     return eqx.combine(best_params, static), history

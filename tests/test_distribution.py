@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 import msgm_pp as mp
-from msgm_pp import distribution
+from msgm_pp import generative
 from msgm_pp.datasets import CorrelatedCauchy
 from msgm_pp.losses import perturb_directions
 
@@ -133,7 +133,7 @@ def test_distribution_keeps_its_network_through_jit(cauchy):
 
 def test_large_draws_are_made_in_chunks(cauchy, monkeypatch):
     _, _, model = cauchy
-    monkeypatch.setattr(distribution, "_CHUNK_BUDGET", 40 * D)
+    monkeypatch.setattr(generative, "_CHUNK_BUDGET", 40 * D)
     x = model.draw(jax.random.key(0), (7, 15), steps=8)
     assert x.shape == (7, 15, D)
     assert np.isfinite(np.asarray(x)).all()
