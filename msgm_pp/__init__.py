@@ -1,5 +1,6 @@
 """msgm_pp: multiplicative score-based generative models as NumPyro distributions."""
 
+from msgm_pp.baselines import SGM, VPScore, vp_schedule
 from msgm_pp.distribution import MSGM
 from msgm_pp.integrators import forward_sample, forward_sample_exact
 from msgm_pp.io import load
@@ -11,7 +12,7 @@ from msgm_pp.latent import (
     Latent,
     fit_norm_model,
 )
-from msgm_pp.nets import LatticeScoreNet, ScoreMLP
+from msgm_pp.nets import LatticeScoreNet, ScoreMLP, TimeMLP
 from msgm_pp.noise import (
     AbstractNoise,
     DenseNoise,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MSGM",
+    "SGM",
     "AbstractNoise",
     "AbstractNormModel",
     "DenseNoise",
@@ -41,10 +43,13 @@ __all__ = [
     "ScoreMLP",
     "TangentScore",
     "TensorNoise",
+    "TimeMLP",
     "TrainingHistory",
+    "VPScore",
     "fit_norm_model",
     "forward_sample",
     "forward_sample_exact",
     "load",
     "mixing_schedule",
+    "vp_schedule",
 ]

@@ -1,4 +1,4 @@
-"""Saving and loading MSGM models without pickle.
+"""Saving and loading MSGM and SGM models without pickle.
 
 A model file is a zip archive with a JSON description, `model.json`, and one `.npy` entry per
 array. The description names every part of the model by a whitelisted msgm_pp class with its
@@ -25,23 +25,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msgm_pp.baselines import SGM, VPScore
+from msgm_pp.distribution import MSGM
 from msgm_pp.latent import EmpiricalNorm, KDEGPDNorm, KDENorm
-from msgm_pp.nets import LatticeScoreNet, ScoreMLP
+from msgm_pp.nets import LatticeScoreNet, ScoreMLP, TimeMLP
 from msgm_pp.noise import DenseNoise, IsotropicNoise, LatticeNoise, TensorNoise
 from msgm_pp.schedule import LinearSchedule
 from msgm_pp.score import TangentScore
 from msgm_pp.train import TrainingHistory
 
 FORMAT = "msgm_pp.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the SGM; version-1 files hold an MSGM
 _CORRUPT_ENTRY = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
 _DESCRIPTION = "model.json"
+_MODELS = {"MSGM": MSGM, "SGM": SGM}
 
 # Plain modules are rebuilt field by field through their constructor.
 _PLAIN = {
     cls.__name__: cls
     for cls in (
         TangentScore,
+        VPScore,
         LinearSchedule,
         TensorNoise,
         EmpiricalNorm,
@@ -84,7 +88,7 @@ def _hyperparameters(value) -> dict | None:
         return {"dim": value.dim}
     if isinstance(value, LatticeNoise):
         return {"shape": list(value.shape)}
-    if isinstance(value, ScoreMLP):
+    if isinstance(value, ScoreMLP | TimeMLP):
         activation = _activation_name(value.mlp.activation)
         if activation is None:
             return None
@@ -117,7 +121,7 @@ def _encode(value, writer: _Writer):
         fields = {
             f.name: _encode(getattr(value, f.name), writer) for f in dataclasses.fields(value)
         }
-        if type(value) is TangentScore and "unknown" in fields["net"]:
+        if type(value) in (TangentScore, VPScore) and "unknown" in fields["net"]:
             fields["net"] = {
                 "class": "custom",
                 "type": type(value.net).__name__,
@@ -153,12 +157,11 @@ def _current_umask() -> int:
 
 
 def save(model, path) -> None:
-    """Write `model` (an MSGM) to `path` atomically; see the module docstring."""
+    """Write `model` (an MSGM or SGM) to `path` atomically; see the module docstring."""
     from msgm_pp import __version__
-    from msgm_pp.distribution import MSGM
 
-    if not isinstance(model, MSGM):
-        raise TypeError(f"`model` must be an MSGM, got {type(model).__name__}.")
+    if type(model) not in _MODELS.values():
+        raise TypeError(f"`model` must be an MSGM or an SGM, got {type(model).__name__}.")
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"`path` {path!r} is a directory; give a file name.")
@@ -167,10 +170,9 @@ def save(model, path) -> None:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "msgm_pp_version": __version__,
+        "model": type(model).__name__,
         "dim": model.dim,
-        "score": _encode(model.score, writer),
-        "norm_model": _encode(model.norm_model, writer),
-        "history": _encode(model.history, writer),
+        **{part: _encode(getattr(model, part), writer) for part in model.pytree_data_fields},
         "options": model.options,
     }
     _refuse_unknown_parts(description)
@@ -247,8 +249,8 @@ def _skeleton(name: str, config: dict, net):
         return LatticeNoise(tuple(config["shape"]))
     if name == "DenseNoise":
         return DenseNoise(config["dim"], key=jax.random.key(0))
-    if name == "ScoreMLP":
-        return ScoreMLP(
+    if name in ("ScoreMLP", "TimeMLP"):
+        return {"ScoreMLP": ScoreMLP, "TimeMLP": TimeMLP}[name](
             config["dim"],
             key=jax.random.key(0),
             width=config["width"],
@@ -304,7 +306,7 @@ def _decode(spec, reader: _Reader, net, where: str):
 
 
 def load(path, *, net=None):
-    """Read a model written by `MSGM.save`.
+    """Read a model written by `MSGM.save` or `SGM.save`.
 
     Args:
         path: the model file.
@@ -312,10 +314,8 @@ def load(path, *, net=None):
             (any initialisation), whose arrays are replaced by the saved ones.
 
     Returns:
-        The MSGM, giving bit-identical samples and log-densities to the saved model.
+        The MSGM or SGM, giving bit-identical samples and log-densities to the saved model.
     """
-    from msgm_pp.distribution import MSGM
-
     path = os.fspath(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -339,14 +339,17 @@ def load(path, *, net=None):
                 f"{path} has model format version {version!r}, but this msgm_pp "
                 f"reads versions up to {FORMAT_VERSION}: upgrade msgm_pp."
             )
+        model_class = _MODELS.get(description.get("model", "MSGM"))
+        if model_class is None:
+            raise reader.fail(f"it holds an unknown model type {description.get('model')!r}.")
         parts = {
             part: _decode(description.get(part), reader, net, part)
-            for part in ("score", "norm_model", "history")
+            for part in model_class.pytree_data_fields
         }
         options = description.get("options")
         if not isinstance(options, dict):
             raise reader.fail("its options are missing.")
         try:
-            return MSGM(**parts, **options)
+            return model_class(**parts, **options)
         except (TypeError, ValueError) as error:
             raise reader.fail(f"its parts do not form a model ({error}).") from None

@@ -7,6 +7,7 @@ projects it onto the tangent space of the sphere.
 
 - :class:`ScoreMLP` for vectors: an MLP on [u, z, features(t)], the authors' architecture (three
   hidden layers of width 128, swish) by default.
+- :class:`TimeMLP` for the SGM baseline: the same MLP on [x, features(t)].
 - :class:`LatticeScoreNet` for fields on a periodic ring or grid (LatticeNoise): a residual
   convolutional network with circular padding, so it is translation-equivariant like the noise,
   conditioned on (z, t) by feature-wise affine modulation (FiLM). Its cost is O(d) per sample.
@@ -36,6 +37,17 @@ class TimeFeatures(eqx.Module):
         return jnp.concatenate([t[None], jnp.sin(angles), jnp.cos(angles)])
 
 
+def _mlp(in_size: int, out_size: int, width, depth, activation, key) -> eqx.nn.MLP:
+    return eqx.nn.MLP(
+        in_size=in_size,
+        out_size=out_size,
+        width_size=check_positive_int(width, "width"),
+        depth=check_positive_int(depth, "depth"),
+        activation=activation,
+        key=check_key(key),
+    )
+
+
 class ScoreMLP(eqx.Module):
     """An MLP g(u, z, t) on the concatenation [u, z, features(t)] for a single point."""
 
@@ -54,17 +66,35 @@ class ScoreMLP(eqx.Module):
     ):
         dim = check_dim(dim, "dim")
         self.features = TimeFeatures(check_positive_int(num_frequencies, "num_frequencies"))
-        self.mlp = eqx.nn.MLP(
-            in_size=dim + 1 + self.features.size,
-            out_size=dim,
-            width_size=check_positive_int(width, "width"),
-            depth=check_positive_int(depth, "depth"),
-            activation=activation,
-            key=check_key(key),
-        )
+        self.mlp = _mlp(dim + 1 + self.features.size, dim, width, depth, activation, key)
 
     def __call__(self, u, z, t):
         return self.mlp(jnp.concatenate([u, jnp.reshape(z, (1,)), self.features(t)]))
+
+
+class TimeMLP(eqx.Module):
+    """An MLP f(x, t) on [x, features(t)] for a single point: the SGM baseline's network, the same
+    family as :class:`ScoreMLP` with the raw (normalised) point in place of (u, z)."""
+
+    mlp: eqx.nn.MLP
+    features: TimeFeatures
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        key,
+        width: int = 128,
+        depth: int = 3,
+        num_frequencies: int = 6,
+        activation=jax.nn.swish,
+    ):
+        dim = check_positive_int(dim, "dim")
+        self.features = TimeFeatures(check_positive_int(num_frequencies, "num_frequencies"))
+        self.mlp = _mlp(dim + self.features.size, dim, width, depth, activation, key)
+
+    def __call__(self, x, t):
+        return self.mlp(jnp.concatenate([x, self.features(t)]))
 
 
 class _FiLMBlock(eqx.Module):

@@ -37,7 +37,7 @@ def test_direction_converges_to_uniform(name, d):
     """At the end of the mixing schedule every first and second moment of u is uniform within 4 SE,
     while early on the same statistic detects the starting point (so the test can fail)."""
     noise = make_noise(name, d)
-    n = 8000
+    n = 4000
     u0 = jnp.broadcast_to(unit_rows(jax.random.key(5), 1, d), (n, d))
     tau_end = math.log(1e3) / noise.mixing_rate()
     steps = max(100, math.ceil(tau_end / 0.05))

@@ -58,15 +58,39 @@ def test_round_trip_is_bit_identical(model, tmp_path):
     assert dict(loaded.history.settings)["steps"] == 20
 
 
-@pytest.mark.parametrize("noise", ["dense", mp.LatticeNoise((3,))], ids=["dense", "lattice"])
-def test_round_trip_for_every_noise_and_network(data, noise, tmp_path):
-    model = mp.MSGM.fit(data, key=jax.random.key(2), noise=noise, norm="kde", **BUDGET)
-    model = model.with_options(log_prob_steps=4, sample_steps=8)
+def untrained_msgm(noise, net):
+    score = mp.TangentScore(net, noise, mp.mixing_schedule(noise), 0.5, 2.0, 1e-3)
+    norm_model = mp.KDENorm.fit(np.random.default_rng(0).standard_normal(500))
+    return mp.MSGM(score, norm_model, log_prob_steps=4, sample_steps=8)
+
+
+def untrained_sgm():
+    net = mp.TimeMLP(3, key=jax.random.key(0), width=16, depth=1)
+    score = mp.VPScore(net, mp.vp_schedule(), jax.numpy.ones(3), 2 * jax.numpy.ones(3), 1e-3)
+    return mp.SGM(score, log_prob_steps=4, sample_steps=8)
+
+
+BUILDERS = {
+    "dense": lambda: untrained_msgm(
+        mp.DenseNoise(3, key=jax.random.key(0)), mp.ScoreMLP(3, key=jax.random.key(1), width=8)
+    ),
+    "lattice": lambda: untrained_msgm(
+        mp.LatticeNoise((4, 4)), mp.LatticeScoreNet((4, 4), key=jax.random.key(1), channels=4)
+    ),
+    "sgm": untrained_sgm,
+}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_round_trip_for_every_noise_network_and_model(name, tmp_path):
+    model = BUILDERS[name]()
     model.save(tmp_path / "m.msgm")
     loaded = mp.load(tmp_path / "m.msgm")
-    assert type(loaded.noise) is type(model.noise)
-    parts = lambda m: (m.score, m.norm_model, m.history, m.options)
+    assert type(loaded) is type(model)
+    parts = lambda m: (*(getattr(m, part) for part in m.pytree_data_fields), m.options)
     assert eqx.tree_equal(parts(loaded), parts(model))
+    if name == "sgm":
+        assert_same_model(model, loaded)
 
 
 def test_custom_network_needs_a_skeleton(tmp_path):
@@ -150,6 +174,24 @@ def test_foreign_and_future_files_are_refused(model, tmp_path):
     )
     with pytest.raises(ValueError, match="upgrade msgm_pp"):
         mp.load(tmp_path / "future.msgm")
+    description["format_version"], description["model"] = model_io.FORMAT_VERSION, "GAN"
+    edited_copy(
+        tmp_path / "model.msgm", tmp_path / "gan.msgm", "model.json", json.dumps(description)
+    )
+    with pytest.raises(ValueError, match="unknown model type 'GAN'"):
+        mp.load(tmp_path / "gan.msgm")
+
+
+def test_version_1_files_hold_an_msgm(model, tmp_path):
+    """Files from before the SGM (format version 1) have no model entry and load as an MSGM."""
+    model.save(tmp_path / "model.msgm")
+    description = json.loads(zipfile.ZipFile(tmp_path / "model.msgm").read("model.json"))
+    description["format_version"] = 1
+    del description["model"]
+    edited_copy(
+        tmp_path / "model.msgm", tmp_path / "v1.msgm", "model.json", json.dumps(description)
+    )
+    assert_same_model(model, mp.load(tmp_path / "v1.msgm"))
 
 
 def test_mismatched_arrays_are_refused(model, tmp_path):
@@ -166,7 +208,7 @@ def test_mismatched_arrays_are_refused(model, tmp_path):
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="is a directory"):
         model.save(tmp_path)
-    with pytest.raises(TypeError, match="must be an MSGM"):
+    with pytest.raises(TypeError, match="must be an MSGM or an SGM"):
         model_io.save(model.score, tmp_path / "x.msgm")
     with pytest.raises(FileNotFoundError):
         mp.load(tmp_path / "missing.msgm")
