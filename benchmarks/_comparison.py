@@ -1,0 +1,68 @@
+"""What the comparison benchmarks share: the models compared, their fits and the metrics."""
+
+import platform
+import time
+
+import jax
+import numpy as np
+
+import msgm_pp as mp
+from msgm_pp import metrics
+
+# name -> (model class, fit options). The first two are the paper's comparison (both trained with
+# sliced score matching); the last two are the package defaults.
+MODELS = {
+    "MSGM dense SSM (paper)": (mp.MSGM, {"noise": "dense", "loss": "ssm"}),
+    "SGM SSM standard (paper)": (mp.SGM, {"loss": "ssm", "normalization": "standard"}),
+    "MSGM isotropic DSM (default)": (mp.MSGM, {}),
+    "SGM DSM robust (default)": (mp.SGM, {"loss": "dsm", "normalization": "robust"}),
+}
+LEVELS = (0.9, 0.99, 0.999)
+
+
+def fit(name: str, data, key, steps: int, **overrides):
+    """Fit model `name` for exactly `steps` steps with no validation split, so that a shorter run
+    with the same key is a prefix of a longer one. Below 200 points the MSGM's GPD norm tail is
+    fitted to the 12 largest norms. Returns (model, seconds)."""
+    model_class, options = MODELS[name]
+    if model_class is mp.MSGM and len(data) < 200:
+        # the GPD tail of the norm model needs at least 10 exceedances
+        options = {**options, "norm_options": {"tail_fraction": 12 / len(data)}}
+    start = time.perf_counter()
+    model = model_class.fit(
+        data,
+        key=key,
+        steps=steps,
+        validation_fraction=0.0,
+        patience=None,
+        progress=False,
+        **{**options, **overrides},
+    )
+    jax.block_until_ready(model.score)
+    return model, time.perf_counter() - start
+
+
+def sample_metrics(samples, test, levels=LEVELS) -> dict:
+    samples, test = np.asarray(samples, np.float64), np.asarray(test, np.float64)
+    finite = np.all(np.isfinite(samples), axis=1)
+    result = {"non_finite_samples": int((~finite).sum())}
+    if not finite.all():
+        return result  # a diverged model: no distance is meaningful
+    errors = metrics.tail_quantile_errors(samples, test, levels)
+    result.update(
+        sqrt_mmd=metrics.mmd(samples, test),
+        sqrt_mmd_heavy_tail=metrics.heavy_tail_mmd(samples, test),
+        norm_quantile_relative_error=dict(
+            zip(map(str, levels), errors["norm"].tolist(), strict=True)
+        ),
+        norm_tail_index_hill=metrics.hill_tail_index(np.linalg.norm(samples, axis=1)).alpha,
+    )
+    return result
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "cpus": jax.local_device_count(),
+        "jax": jax.__version__,
+    }
