@@ -10,7 +10,8 @@
   improvement;
 - a non-finite loss or gradient freezes the parameters at their last finite values and stops
   training with a warning; Ctrl-C stops it too, and both return the best parameters so far;
-- a tqdm progress bar shows the losses (on by default in a terminal only).
+- a tqdm progress bar shows the losses (on by default in a terminal only);
+- with several JAX devices each minibatch is split across them (see `msgm_pp.devices`).
 
 Everything is a pure function of `key`: the same key gives the same parameters.
 """
@@ -28,6 +29,7 @@ import optax
 from tqdm import tqdm
 
 from msgm_pp._checks import check_key, check_positive_int
+from msgm_pp.devices import batch_sharding
 
 
 class TrainingHistory(eqx.Module):
@@ -93,7 +95,7 @@ def _select(flag, new, old):
 
 
 @eqx.filter_jit
-def _train_chunk(params, static, opt_state, optimizer, loss, data, keys, batch_size):
+def _train_chunk(params, static, opt_state, optimizer, loss, data, keys, batch_size, sharding=None):
     num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
 
     def step(carry, key):
@@ -101,6 +103,8 @@ def _train_chunk(params, static, opt_state, optimizer, loss, data, keys, batch_s
         batch_key, loss_key = jax.random.split(key)
         rows = jax.random.randint(batch_key, (batch_size,), 0, num_rows)
         batch = jax.tree_util.tree_map(lambda a: a[rows], data)
+        if sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, sharding)
         value, grads = jax.value_and_grad(lambda p: loss(eqx.combine(p, static), batch, loss_key))(
             params
         )
@@ -145,7 +149,7 @@ def fit_network(
         data: a pytree of arrays sharing the leading axis (rows).
         key: a JAX PRNG key.
         steps: maximum number of optimiser steps.
-        batch_size: rows per step.
+        batch_size: rows per step; with several JAX devices, a multiple of their number.
         optimizer: an optax transformation; `make_optimizer()` (Adam, lr 1e-3) by default.
         validation_fraction: share of rows held out for validation and early stopping.
         patience: evaluations without improvement before stopping (None: never stop early).
@@ -163,6 +167,7 @@ def fit_network(
     if patience is not None:
         patience = check_positive_int(patience, "patience")
     optimizer = make_optimizer() if optimizer is None else optimizer
+    sharding = batch_sharding(batch_size)
     split_key, validation_key, train_key = jax.random.split(check_key(key), 3)
     num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
     train_rows, validation_rows = split_validation(split_key, num_rows, validation_fraction)
@@ -188,7 +193,7 @@ def fit_network(
             chunk = min(eval_every, steps - done)
             keys = jax.random.split(jax.random.fold_in(train_key, done), chunk)
             params, opt_state, finite_steps, values = _train_chunk(
-                params, static, opt_state, optimizer, loss, train_data, keys, batch_size
+                params, static, opt_state, optimizer, loss, train_data, keys, batch_size, sharding
             )
             values, finite_steps = np.asarray(values), np.asarray(finite_steps)
             if not finite_steps.all():
