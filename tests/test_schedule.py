@@ -64,3 +64,25 @@ def test_lattice_energy_profile_mixes_within_the_stated_tolerance():
     early, se = energy_deviation(0.25)
     assert early > tol * start + 4 * se
     assert abs(early - exact) < 4 * se + 5e-3 * exact
+
+
+def test_lattice_start_correlation_follows_the_drift_and_ends_below_the_tolerance():
+    """E[u_τ · u_0] = exp(−(deg/4) τ) exactly, since L = −(deg/4) I for the lattice. It matches at
+    τ = ½ and 1 (4 SE), and at s = T of `mixing_schedule(tol)`, whose τ(T) comes from the spectral
+    gap of the slower energy modes, it is below tol (4 SE)."""
+    noise = mp.LatticeNoise((8, 8))
+    n, tol = 4000, 0.05
+    schedule = mp.mixing_schedule(noise, tol=tol)
+    z = jax.random.normal(jax.random.key(0), (n, noise.dim))
+    u0 = z / jnp.linalg.norm(z, axis=1, keepdims=True)
+
+    def correlation(tau, key):
+        u = simulate_directions(noise, u0, jnp.full(n, tau), key, math.ceil(tau / 0.05))
+        c = np.sum(np.asarray(u, np.float64) * np.asarray(u0, np.float64), axis=1)
+        return c.mean(), c.std() / math.sqrt(n)
+
+    for tau, key in ((0.5, 1), (1.0, 2)):
+        mean, se = correlation(tau, jax.random.key(key))
+        assert abs(mean - math.exp(-0.25 * noise.degree * tau)) < 4 * se
+    mean, se = correlation(float(schedule.integral(1.0)), jax.random.key(3))
+    assert mean < tol + 4 * se
