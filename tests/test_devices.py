@@ -1,4 +1,5 @@
 """Data-parallel training: two CPU devices give the one-device result up to float rounding.
+The SGM is the lighter model to compile; it trains through the same `fit_network` as the MSGM.
 
 Each run is a fresh Python process, because XLA reads the number of host devices once, at start.
 """
@@ -28,15 +29,15 @@ assert (sharding is None) == (devices == 1)
 if devices > 1:
     assert sharding.num_devices == devices
     try:
-        mp.MSGM.fit(data, key=jax.random.key(0), batch_size=63, progress=False)
+        mp.SGM.fit(data, key=jax.random.key(0), batch_size=63, progress=False)
     except ValueError as error:
         assert "multiple of the number of JAX devices" in str(error)
     else:
         raise AssertionError("batch_size=63 on two devices was accepted")
-model = mp.MSGM.fit(
+model = mp.SGM.fit(
     data, key=jax.random.key(1), steps=40, eval_every=20, batch_size=64, progress=False
 )
-params = jax.tree_util.tree_leaves(eqx.filter(model.score.net, eqx.is_array))
+params = jax.tree_util.tree_leaves(eqx.filter(model.score, eqx.is_array))
 print(json.dumps({
     "train_loss": np.asarray(model.history.train_loss).tolist(),
     "validation_loss": np.asarray(model.history.validation_loss).tolist(),
