@@ -1,6 +1,5 @@
 """What the comparison benchmarks share: the models compared, their fits and the metrics."""
 
-import platform
 import time
 
 import jax
@@ -58,11 +57,3 @@ def sample_metrics(samples, test, levels=LEVELS) -> dict:
         norm_tail_index_hill=metrics.hill_tail_index(np.linalg.norm(samples, axis=1)).alpha,
     )
     return result
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "cpus": jax.local_device_count(),
-        "jax": jax.__version__,
-    }

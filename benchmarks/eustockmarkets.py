@@ -25,7 +25,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _comparison import MODELS, machine
+from _comparison import MODELS
+from _machine import machine
 from scipy import optimize, stats
 
 from msgm_pp import metrics

@@ -10,7 +10,6 @@ its array leaves plus the constant tables its step embeds (lattice class masks).
 import argparse
 import json
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _machine import machine
 
 import msgm_pp as mp
 from msgm_pp.integrators import simulate_directions
@@ -94,12 +94,7 @@ def main() -> None:
     lattice_4096 = next(r for r in rows if r["noise"] == "lattice" and r["d"] == 4096)
     result = {
         "benchmark": "forward_throughput",
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": __import__("os").cpu_count(),
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
-        },
+        "machine": machine(),
         "rows": rows,
         "lattice_4096_under_10MB": lattice_4096["noise_bytes"] < 10e6,
     }

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from _comparison import MODELS, fit, machine, sample_metrics
+from _comparison import MODELS, fit, sample_metrics
+from _machine import machine
 
 from msgm_pp import metrics
 from msgm_pp.datasets import CorrelatedCauchy

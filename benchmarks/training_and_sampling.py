@@ -16,7 +16,6 @@
 import argparse
 import json
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from _machine import machine
 
 import msgm_pp as mp
 from msgm_pp.baselines import VPLoss
@@ -126,11 +126,7 @@ def main():
     print("sqrt-MMD vs steps:", quality, "floor", floor)
 
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": jax.local_device_count(),
-            "jax": jax.__version__,
-        },
+        "machine": machine(),
         "training": {
             "d": D,
             "batch_size": BATCH,
