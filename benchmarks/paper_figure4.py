@@ -34,24 +34,21 @@ def run_seed(task, seed: int, checkpoints, sizes, size_steps: int) -> dict:
     test = task.sample(keys[1], (N_EVAL,))
     fresh = task.sample(keys[2], (N_EVAL,))
     result = {"floor_sqrt_mmd": metrics.mmd(fresh, test), "iterations": {}, "sizes": {}}
-    for name in MODELS:
-        result["iterations"][name] = {}
-        for steps in checkpoints:
-            model, seconds = fit(name, pool[: 2**13], keys[3], steps)
+    evaluated = {}  # (name, n, steps) -> metrics: (2^13, size_steps) lies on both axes
+
+    def evaluate(name, n, steps):
+        if (name, n, steps) not in evaluated:
+            model, seconds = fit(name, pool[:n], keys[3], steps)
             samples = model.sample(jax.random.key(seed + 100), (N_EVAL,))
-            result["iterations"][name][steps] = {
-                **sample_metrics(samples, test),
-                "seconds": seconds,
-            }
+            evaluated[name, n, steps] = {**sample_metrics(samples, test), "seconds": seconds}
             print(
-                name, "steps", steps, result["iterations"][name][steps].get("sqrt_mmd"), flush=True
+                name, "n", n, "steps", steps, evaluated[name, n, steps].get("sqrt_mmd"), flush=True
             )
-        result["sizes"][name] = {}
-        for n in sizes:
-            model, seconds = fit(name, pool[:n], keys[3], size_steps)
-            samples = model.sample(jax.random.key(seed + 100), (N_EVAL,))
-            result["sizes"][name][n] = {**sample_metrics(samples, test), "seconds": seconds}
-            print(name, "n", n, result["sizes"][name][n].get("sqrt_mmd"), flush=True)
+        return evaluated[name, n, steps]
+
+    for name in MODELS:
+        result["iterations"][name] = {steps: evaluate(name, 2**13, steps) for steps in checkpoints}
+        result["sizes"][name] = {n: evaluate(name, n, size_steps) for n in sizes}
     return result
 
 
