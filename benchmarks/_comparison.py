@@ -41,15 +41,20 @@ def fit(name: str, data, key, steps: int, **overrides):
     return model, time.perf_counter() - start
 
 
-def sample_metrics(samples, test, levels=LEVELS) -> dict:
+def sample_metrics(samples, test, levels=LEVELS, mmd_scale=None) -> dict:
+    """Distances of `samples` to `test` and errors of their tails. With `mmd_scale` (one value per
+    coordinate) the paper's MMD is taken after dividing both sets by it, as `sqrt_mmd_scaled`."""
     samples, test = np.asarray(samples, np.float64), np.asarray(test, np.float64)
     finite = np.all(np.isfinite(samples), axis=1)
     result = {"non_finite_samples": int((~finite).sum())}
     if not finite.all():
         return result  # a diverged model: no distance is meaningful
     errors = metrics.tail_quantile_errors(samples, test, levels)
+    if mmd_scale is None:
+        result["sqrt_mmd"] = metrics.mmd(samples, test)
+    else:
+        result["sqrt_mmd_scaled"] = metrics.mmd(samples / mmd_scale, test / mmd_scale)
     result.update(
-        sqrt_mmd=metrics.mmd(samples, test),
         sqrt_mmd_heavy_tail=metrics.heavy_tail_mmd(samples, test),
         norm_quantile_relative_error=dict(
             zip(map(str, levels), errors["norm"].tolist(), strict=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _comparison import MODELS
+from _comparison import MODELS, sample_metrics
 from _machine import machine
 from scipy import optimize, stats
 
@@ -81,7 +81,7 @@ def run_seed(returns, seed: int, steps: int) -> dict:
         samples = law.rvs(size=N_SAMPLES, random_state=seed)
         result[name] = {
             "test_log_likelihood": float(law.logpdf(test).mean()),
-            **evaluate(samples, test, scale),
+            **sample_metrics(samples, test, LEVELS, mmd_scale=scale),
         }
     result["Student-t (ML fit)"]["df"] = float(nu)
 
@@ -93,27 +93,12 @@ def run_seed(returns, seed: int, steps: int) -> dict:
         log_p = np.asarray(model.log_prob(jnp.asarray(test, jnp.float32)), np.float64)
         result[name] = {
             "test_log_likelihood": float(log_p.mean()),
-            **evaluate(samples, test, scale),
+            **sample_metrics(samples, test, LEVELS, mmd_scale=scale),
             "steps_taken": len(model.history.train_loss),
             "stop_reason": model.history.stop_reason,
         }
         print(seed, name, result[name]["test_log_likelihood"], flush=True)
     return result
-
-
-def evaluate(samples, test, scale) -> dict:
-    samples = np.asarray(samples, np.float64)
-    if not np.all(np.isfinite(samples)):
-        return {"non_finite_samples": int((~np.isfinite(samples).all(1)).sum())}
-    errors = metrics.tail_quantile_errors(samples, test, LEVELS)
-    return {
-        "sqrt_mmd_scaled": metrics.mmd(samples / scale, test / scale),
-        "sqrt_mmd_heavy_tail": metrics.heavy_tail_mmd(samples, test),
-        "norm_quantile_relative_error": dict(
-            zip(map(str, LEVELS), errors["norm"].tolist(), strict=True)
-        ),
-        "norm_tail_index_hill": metrics.hill_tail_index(np.linalg.norm(samples, axis=1)).alpha,
-    }
 
 
 def plot(returns, samples: dict, path: Path) -> None:
