@@ -48,12 +48,13 @@ def timed(fn, repeats):
     return (time.perf_counter() - start) / repeats, warm
 
 
-def lattice_model(d_shape, n=256, steps=2):
+def lattice_model(d_shape, steps=2, eval_every=None, n=256):
+    # sliced score matching, the default for lattice noise
     fields = jax.random.normal(jax.random.key(0), (n, d_shape[0] * d_shape[1]))
     net = mp.LatticeScoreNet(d_shape, key=jax.random.key(1), channels=16, num_blocks=2)
     return mp.MSGM.fit(fields, key=jax.random.key(2), noise=mp.LatticeNoise(d_shape), net=net,
-                       steps=steps, batch_size=16, eval_every=steps, validation_fraction=0.0,
-                       patience=None, progress=False, forward_steps=4)
+                       steps=steps, batch_size=16, eval_every=eval_every or steps,
+                       validation_fraction=0.0, patience=None, progress=False, forward_steps=4)
 
 
 def timed_draw(model, samples, steps=32):
@@ -75,17 +76,7 @@ if kind in ("noise", "dense noise"):
     seconds /= steps
     result = {"seconds_per_step": seconds, "per": "64 directions"}
 elif kind == "train":
-    fields = jax.random.normal(jax.random.key(0), (256, d))
-    net = mp.LatticeScoreNet(shape, key=jax.random.key(1), channels=16, num_blocks=2)
-
-    def fit(steps):
-        model = mp.MSGM.fit(
-            fields, key=jax.random.key(2), noise=mp.LatticeNoise(shape), net=net, steps=steps,
-            batch_size=16, eval_every=20, validation_fraction=0.0, patience=None,
-            progress=False, forward_steps=4, loss="ssm",
-        )
-        return model.score.net
-
+    fit = lambda steps: lattice_model(shape, steps, eval_every=20).score.net
     # 40 steps more than the 20-step fit, both compiled: the difference is pure training
     long_fit, base = timed(lambda: fit(60), 1)
     short_fit, _ = timed(lambda: fit(20), 1)
