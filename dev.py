@@ -2,6 +2,9 @@
 
     python3 dev.py demo   # create .venv if needed, install msgm_pp, run `msgm-pp demo`
     python3 dev.py test   # same set-up, then run the whole test suite
+    python3 dev.py lint   # same set-up, then ruff check and ruff format --check
+    python3 dev.py minimum  # a separate .venv-minimum with every dependency at its declared floor,
+                            # then the smoke test `msgm-pp demo --fast`
 
 Extra arguments are passed on (`python3 dev.py demo --fast`, `python3 dev.py test -k noise`).
 The virtual environment is rebuilt when pyproject.toml changes.
@@ -11,6 +14,8 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
+import tomllib
 import venv
 from pathlib import Path
 
@@ -36,15 +41,46 @@ def ensure_environment() -> None:
     STAMP.write_text(_fingerprint())
 
 
+def floors() -> list[str]:
+    """The runtime dependencies pinned at the lower bounds that pyproject.toml declares."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = [requirement.replace(">=", "==") for requirement in declared]
+    jax = next(p for p in pinned if p.startswith("jax=="))
+    return [*pinned, jax.replace("jax==", "jaxlib==")]
+
+
+def minimum_versions(rest: list[str]) -> int:
+    environment = ROOT / ".venv-minimum"
+    python = environment / BIN.name / "python"
+    print(f"creating {environment} with {' '.join(floors())}", flush=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(environment)
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, *floors()], check=True)
+    subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
+    with tempfile.TemporaryDirectory() as output:
+        demo = [str(environment / BIN.name / "msgm-pp"), "demo", "--fast", "--output", output]
+        return subprocess.run([*demo, *rest], cwd=ROOT).returncode
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test"}:
+    if not argv or argv[0] not in {"demo", "test", "lint", "minimum"}:
         print(__doc__)
         return 2
+    if argv[0] == "minimum":
+        return minimum_versions(argv[1:])
     ensure_environment()
     command, rest = argv[0], argv[1:]
     if command == "demo":
         return subprocess.run([str(BIN / "msgm-pp"), "demo", *rest], cwd=ROOT).returncode
-    return subprocess.run([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT).returncode
+    if command == "lint":
+        ruff = str(BIN / "ruff")
+        checked = subprocess.run([ruff, "check", *rest], cwd=ROOT).returncode
+        return checked or subprocess.run([ruff, "format", "--check", *rest], cwd=ROOT).returncode
+    # One worker per core (at most 4), whole test files per worker, so that module fixtures
+    # (fitted models) are built once.
+    parallel = ["--numprocesses=auto", "--maxprocesses=4", "--dist=loadfile"]
+    pytest = [str(BIN / "python"), "-m", "pytest", *parallel, *rest]
+    return subprocess.run(pytest, cwd=ROOT).returncode
 
 
 if __name__ == "__main__":

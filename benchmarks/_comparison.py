@@ -31,7 +31,7 @@ def fit(name: str, data, key, steps: int, **overrides):
     model = model_class.fit(
         data,
         key=key,
-        steps=steps,
+        max_steps=steps,
         validation_fraction=0.0,
         patience=None,
         progress=False,

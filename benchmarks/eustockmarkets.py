@@ -87,7 +87,7 @@ def run_seed(returns, seed: int, steps: int) -> dict:
 
     for name, (model_class, options) in MODELS.items():
         model = model_class.fit(
-            train, key=jax.random.key(seed), steps=steps, progress=False, **options
+            train, key=jax.random.key(seed), max_steps=steps, progress=False, **options
         )
         samples = np.asarray(model.sample(jax.random.key(seed + 1), (N_SAMPLES,)), np.float64)
         log_p = np.asarray(model.log_prob(jnp.asarray(test, jnp.float32)), np.float64)
@@ -160,7 +160,7 @@ def main():
     for name in ("MSGM isotropic DSM (default)", "SGM DSM robust (default)"):
         model_class, options = MODELS[name]
         model = model_class.fit(
-            returns, key=jax.random.key(0), steps=args.steps, progress=False, **options
+            returns, key=jax.random.key(0), max_steps=args.steps, progress=False, **options
         )
         plotted[name] = np.asarray(model.sample(jax.random.key(1), (len(returns),)))
     plot(returns, plotted, args.out.with_suffix(".png"))

@@ -20,7 +20,7 @@ import numpy as np
 from _machine import machine
 
 import msgm_pp as mp
-from msgm_pp.integrators import simulate_directions
+from msgm_pp.forward import simulate_directions
 from msgm_pp.noise import _lattice_colour_classes
 
 

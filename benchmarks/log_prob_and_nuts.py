@@ -8,7 +8,7 @@
 2. NUTS (dense mass matrix, one chain, 1000 warm-up and 2000 kept draws) on a d = 4 inverse
    problem y = H x + N(0, 0.1²) with H = diag(1, 0.5, 0.1, 0.05), x_true in the prior's tail:
    with the analytic multivariate Student-t prior (ν = 3), and with an MSGM fitted to 20000 draws
-   of it (log_prob_steps 16, 32, 64). Each run is timed a second time, after compilation; ESS is
+   of it (`ODEDensity(steps)` with 16, 32, 64 steps). Each run is timed a second time, after compilation; ESS is
    ArviZ's bulk ESS, the minimum over coordinates. The ratio of ESS per second is the learned
    prior's cost per effective sample relative to the analytic prior.
 """
@@ -53,7 +53,7 @@ def log_prob_costs(model, d: int) -> dict:
     x = student_t(jax.random.key(5), 1000, d, NU)
     rows = {}
     for steps in STEPS:
-        m = model.with_options(log_prob_steps=steps)
+        m = model.with_options(density=mp.ODEDensity(steps))
         batched = jax.jit(lambda v, m=m: m.log_prob(v))
         batched_grad = jax.jit(jax.grad(lambda v, m=m: m.log_prob(v).sum()))
         single = jax.jit(lambda v, m=m: jax.lax.map(m.log_prob, v))
@@ -104,7 +104,7 @@ def main():
     models = {}
     for d in (4, 16):
         data = student_t(jax.random.key(3), 20000, d, NU)
-        models[d] = mp.MSGM.fit(data, key=jax.random.key(1), steps=2000, progress=False)
+        models[d] = mp.MSGM.fit(data, key=jax.random.key(1), max_steps=2000, progress=False)
         results["log_prob"][str(d)] = log_prob_costs(models[d], d)
 
     d = 4
@@ -115,7 +115,7 @@ def main():
     results["nuts"]["analytic"] = analytic
     print("analytic", analytic, flush=True)
     for steps in STEPS:
-        run = nuts_run(models[d].with_options(log_prob_steps=steps), y, h)
+        run = nuts_run(models[d].with_options(density=mp.ODEDensity(steps)), y, h)
         run["cost_per_effective_sample_vs_analytic"] = (
             analytic["ess_per_second"] / run["ess_per_second"]
         )

@@ -16,7 +16,7 @@ and 128 (d = 256 ... 16384):
   d = 16384, so larger d do not fit.
 
 Then: drawing 1e6 vectors (d = 4) and 1e4 fields (d = 1024, 32×32) from trained-shape models with
-`draw`, which works in chunks, so its peak memory stays far below 2 GB.
+`sample`, which works in chunks, so its peak memory stays far below 2 GB.
 Writes benchmarks/results/scale.json and scale.png.
 """
 
@@ -30,7 +30,7 @@ MEASURE = r"""
 import json, resource, sys, time
 import jax, jax.numpy as jnp, numpy as np
 import msgm_pp as mp
-from msgm_pp.integrators import simulate_directions
+from msgm_pp.forward import simulate_directions
 
 kind, side = sys.argv[1], int(sys.argv[2])
 shape = (side, side)
@@ -50,10 +50,10 @@ def timed(fn, repeats):
 
 def lattice_model(d_shape, steps=2, eval_every=None, n=256):
     # sliced score matching, the default for lattice noise
-    fields = jax.random.normal(jax.random.key(0), (n, d_shape[0] * d_shape[1]))
+    fields = jax.random.normal(jax.random.key(0), (n, *d_shape))
     net = mp.LatticeScoreNet(d_shape, key=jax.random.key(1), channels=16, num_blocks=2)
     return mp.MSGM.fit(fields, key=jax.random.key(2), noise=mp.LatticeNoise(d_shape), net=net,
-                       steps=steps, batch_size=16, eval_every=eval_every or steps,
+                       max_steps=steps, batch_size=16, eval_every=eval_every or steps,
                        validation_fraction=0.0, patience=None, progress=False, forward_steps=4)
 
 
@@ -61,7 +61,9 @@ def timed_draw(model, samples, steps=32):
     # one cold call, compilation included, as a user meets it; and the memory before it
     base = rss()
     start = time.perf_counter()
-    x = jax.block_until_ready(model.draw(jax.random.key(3), (samples,), steps=steps))
+    x = jax.block_until_ready(
+        model.with_options(sampler=mp.SDESampler(steps)).sample(jax.random.key(3), (samples,))
+    )
     return {"seconds": time.perf_counter() - start, "samples": samples, "steps": steps,
             "output_bytes": x.nbytes, "finite": bool(jnp.isfinite(x).all())}, base
 
@@ -84,13 +86,14 @@ elif kind == "train":
     result = {"seconds_per_step": seconds, "per": "batch of 16"}
 elif kind == "sample":
     model = lattice_model(shape)
-    seconds, base = timed(lambda: model.draw(jax.random.key(3), (64,), steps=32), 2)
+    model = model.with_options(sampler=mp.SDESampler(32))
+    seconds, base = timed(lambda: model.sample(jax.random.key(3), (64,)), 2)
     result = {"seconds_per_step": seconds / 32, "per": "64 fields"}
 elif kind == "draw fields":
     result, base = timed_draw(lattice_model(shape), 10_000)
 elif kind == "vectors":
     data = jax.random.t(jax.random.key(0), 3.0, (4096, d))
-    model = mp.MSGM.fit(data, key=jax.random.key(1), steps=2, eval_every=2, progress=False)
+    model = mp.MSGM.fit(data, key=jax.random.key(1), max_steps=2, eval_every=2, progress=False)
     result, base = timed_draw(model, 1_000_000)
 result.update(d=d, peak_bytes_above_start=rss() - base, peak_bytes=rss())
 print(json.dumps(result))

@@ -26,13 +26,13 @@ import optax
 from _machine import machine
 
 import msgm_pp as mp
-from msgm_pp.baselines import VPLoss
 from msgm_pp.datasets import CorrelatedCauchy
-from msgm_pp.distribution import make_noise
-from msgm_pp.losses import NetworkLoss, make_loss
+from msgm_pp.losses import make_loss
 from msgm_pp.metrics import mmd
+from msgm_pp.msgm import make_noise
 from msgm_pp.score import TangentScore
-from msgm_pp.train import _train_chunk
+from msgm_pp.sgm import VPLoss
+from msgm_pp.training import NetworkLoss, _train_chunk
 
 D, BATCH, CHUNK = 4, 256, 500
 
@@ -103,17 +103,18 @@ def main():
     print("training steps/s:", {k: round(v) for k, v in speeds.items()})
 
     start = time.perf_counter()
-    model = mp.MSGM.fit(data, key=jax.random.key(2), steps=args.fit_steps, progress=False)
+    model = mp.MSGM.fit(data, key=jax.random.key(2), max_steps=args.fit_steps, progress=False)
     fit_seconds = time.perf_counter() - start
 
     sampling, quality = {}, {"sde": {}, "ode": {}}
-    for sampler in ("sde", "ode"):
-        model.draw(jax.random.key(3), (10_000,), sampler=sampler).block_until_ready()
+    for sampler, kind in (("sde", mp.SDESampler), ("ode", mp.ODESampler)):
+        model = model.with_options(sampler=kind(128))
+        model.sample(jax.random.key(3), (10_000,)).block_until_ready()
         start = time.perf_counter()
-        model.draw(jax.random.key(4), (10_000,), sampler=sampler).block_until_ready()
+        model.sample(jax.random.key(4), (10_000,)).block_until_ready()
         sampling[sampler] = time.perf_counter() - start
         for steps in (2, 4, 8, 16, 32, 64, 128, 256):
-            x = model.draw(jax.random.key(5), (10_000,), sampler=sampler, steps=steps)
+            x = model.with_options(sampler=kind(steps)).sample(jax.random.key(5), (10_000,))
             quality[sampler][steps] = mmd(x, test)
     floor = mmd(task.sample(jax.random.key(6), (10_000,)), test)
     z = jax.random.normal(jax.random.key(7), (10_000, D))

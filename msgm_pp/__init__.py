@@ -1,17 +1,11 @@
 """msgm_pp: multiplicative score-based generative models as NumPyro distributions."""
 
-from msgm_pp.baselines import SGM, VPScore, vp_schedule
-from msgm_pp.distribution import MSGM
-from msgm_pp.integrators import forward_sample, forward_sample_exact
-from msgm_pp.io import load
-from msgm_pp.latent import (
-    AbstractNormModel,
-    EmpiricalNorm,
-    KDEGPDNorm,
-    KDENorm,
-    Latent,
-    fit_norm_model,
-)
+from msgm_pp._version import __version__
+from msgm_pp.density import ExactTrace, HutchinsonTrace, ODEDensity
+from msgm_pp.forward import forward_sample, forward_sample_exact
+from msgm_pp.latent import Latent
+from msgm_pp.losses import ScoreMatchingLoss
+from msgm_pp.msgm import MSGM
 from msgm_pp.nets import LatticeScoreNet, ScoreMLP, TimeMLP
 from msgm_pp.noise import (
     AbstractNoise,
@@ -20,11 +14,19 @@ from msgm_pp.noise import (
     LatticeNoise,
     TensorNoise,
 )
+from msgm_pp.norm_models import (
+    AbstractNormModel,
+    EmpiricalNorm,
+    KDEGPDNorm,
+    KDENorm,
+    fit_norm_model,
+)
+from msgm_pp.samplers import ODESampler, SDESampler
 from msgm_pp.schedule import LinearSchedule, mixing_schedule
 from msgm_pp.score import TangentScore
-from msgm_pp.train import TrainingHistory
-
-__version__ = "0.1.0"
+from msgm_pp.serialization import load
+from msgm_pp.sgm import SGM, VPLoss, VPScore, vp_schedule
+from msgm_pp.training import TrainingHistory, fit_network, train
 
 __all__ = [
     "MSGM",
@@ -33,6 +35,8 @@ __all__ = [
     "AbstractNormModel",
     "DenseNoise",
     "EmpiricalNorm",
+    "ExactTrace",
+    "HutchinsonTrace",
     "IsotropicNoise",
     "KDEGPDNorm",
     "KDENorm",
@@ -40,16 +44,24 @@ __all__ = [
     "LatticeNoise",
     "LatticeScoreNet",
     "LinearSchedule",
+    "ODEDensity",
+    "ODESampler",
+    "SDESampler",
     "ScoreMLP",
+    "ScoreMatchingLoss",
     "TangentScore",
     "TensorNoise",
     "TimeMLP",
     "TrainingHistory",
+    "VPLoss",
     "VPScore",
+    "__version__",
+    "fit_network",
     "fit_norm_model",
     "forward_sample",
     "forward_sample_exact",
     "load",
     "mixing_schedule",
+    "train",
     "vp_schedule",
 ]

@@ -4,11 +4,17 @@ Checks run on concrete values only: inside `jit` the arguments are tracers and o
 checked, so the public functions validate before they enter compiled code.
 """
 
+import os
+import sys
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro.distributions import distribution as _numpyro_distribution
 
 _MAX_LISTED = 10
+_NUMPYRO_DISTRIBUTION_FILE = _numpyro_distribution.__file__
 
 
 def is_concrete(x) -> bool:
@@ -129,3 +135,16 @@ def check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     return int(value)
+
+
+def warn_deprecated(message: str) -> None:
+    """A DeprecationWarning attributed to the first caller outside msgm_pp (and outside NumPyro's
+    Distribution metaclass, which calls our constructors)."""
+    internal = (
+        os.path.dirname(os.path.abspath(__file__)),
+        os.path.abspath(_NUMPYRO_DISTRIBUTION_FILE),
+    )
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(internal):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)

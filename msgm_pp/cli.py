@@ -69,7 +69,7 @@ def _header() -> str:
 
 def _fit(model_class, data, key, steps: int, **options):
     start = time.perf_counter()
-    model = model_class.fit(data, key=key, steps=steps, **options)
+    model = model_class.fit(data, key=key, max_steps=steps, **options)
     jax.block_until_ready(model.score)
     return model, time.perf_counter() - start
 
@@ -91,7 +91,7 @@ def demo(output: Path, fast: bool, seed: int, steps: int | None = None) -> dict:
     models, results = {}, {}
     for name, model_class, options in [
         ("MSGM", mp.MSGM, {}),
-        ("SGM", mp.SGM, {"normalization": "robust"}),
+        ("SGM", mp.SGM, {}),
     ]:
         print(f"  fitting {name} ...", flush=True)
         model, seconds = _fit(model_class, train, keys[2], sizes["steps"], **options)
@@ -151,6 +151,16 @@ def _write_plots(samples: dict, output: Path) -> None:
         plt.close(figure)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="msgm-pp", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -162,7 +172,9 @@ def main(argv=None) -> int:
         "--output", type=Path, default=Path("demo-output"), help="folder for the results"
     )
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--steps", type=int, default=None, help="training steps per model")
+    run.add_argument(
+        "--steps", type=_positive_int, default=None, help="training steps per model (at most)"
+    )
     args = parser.parse_args(argv)
     demo(args.output, args.fast, args.seed, args.steps)
     return 0

@@ -19,114 +19,160 @@ radial dependence that enters through the network's ℓ input is kept.
 The path is integrated with the second-order geodesic Heun scheme of the ODE sampler (forward in s,
 equal steps in s) and the divergence with the matching trapezoid rule.
 
-Divergence estimators:
+The settings are one object, :class:`ODEDensity` (`steps`, and the divergence estimator `trace`):
 
-- ``"exact"``: the full Jacobian trace, d forward-mode products per evaluation (the default for
-  d <= 64).
-- ``"hutchinson"``: zᵀ J z with Rademacher probes z, an unbiased estimate of the trace, drawn
-  afresh at every step. The probes come from a fixed key, so log_prob is a deterministic, smooth
-  function of x (what NUTS needs) whose value is an unbiased estimate over the key.
+- :class:`ExactTrace`: the full Jacobian trace, d forward-mode products per evaluation (the default
+  for d <= 64).
+- :class:`HutchinsonTrace`: zᵀ J z with `num_probes` Rademacher probes z, an unbiased estimate of
+  the trace, drawn afresh at every step. The probes come from a fixed key (`seed`), so log_prob is a
+  deterministic, smooth function of x (what NUTS needs) whose value is an unbiased estimate over
+  the key.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from msgm_pp.heat_kernel import log_sphere_area
-from msgm_pp.integrators import remove_rounding_drift
-from msgm_pp.latent import AbstractNormModel, log_norm
-from msgm_pp.noise import project_tangent, sphere_exp
+from msgm_pp._checks import check_positive_int
+from msgm_pp.heun import heun_step
+from msgm_pp.norm_models import AbstractNormModel
 from msgm_pp.score import TangentScore
+from msgm_pp.serialization import serializable
+from msgm_pp.sphere import geodesic_step, log_sphere_area, polar, project_tangent
 
-TRACE_ESTIMATORS = ("exact", "hutchinson")
 EXACT_TRACE_MAX_DIM = 64
 
 
-def check_trace_estimator(trace: str) -> str:
-    if trace not in TRACE_ESTIMATORS:
-        raise ValueError(
-            f"unknown trace estimator {trace!r}; choose one of {list(TRACE_ESTIMATORS)}."
-        )
-    return trace
+@serializable
+class ExactTrace(eqx.Module):
+    """The divergence as the exact Jacobian trace (d forward-mode products)."""
+
+    def probes(self, key, steps: int, dim: int, dtype):
+        return jnp.zeros((steps + 1, 0, dim), dtype)
+
+    def divergence(self, jvp, y, probes):
+        return jnp.trace(jax.vmap(jvp)(jnp.eye(y.size, dtype=y.dtype)))
 
 
-def default_trace_estimator(dim: int) -> str:
-    return "exact" if dim <= EXACT_TRACE_MAX_DIM else "hutchinson"
+@serializable
+class HutchinsonTrace(eqx.Module):
+    """The divergence as the mean of zᵀJz over `num_probes` Rademacher probes per step, drawn from
+    the key `seed`: an unbiased estimate over the key, a smooth deterministic function of x."""
+
+    num_probes: int = eqx.field(static=True, default=1)
+    seed: int = eqx.field(static=True, default=0)
+
+    def __check_init__(self):
+        check_positive_int(self.num_probes, "num_probes")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"`seed` must be a non-negative int, got {self.seed!r}.")
+
+    def probes(self, key, steps: int, dim: int, dtype):
+        return jax.random.rademacher(key, (steps + 1, self.num_probes, dim), dtype=dtype)
+
+    def divergence(self, jvp, y, probes):
+        return jnp.mean(jnp.sum(probes * jax.vmap(jvp)(probes), axis=-1))
 
 
-def _safe_polar(x):
-    """(ℓ, u) = (log|x|, x/|x|) for one point, and whether x is a finite nonzero vector.
-
-    Elsewhere (ℓ, u) are those of a fixed unit vector, so that neither values nor gradients of
-    the masked-out branch are NaN."""
-    regular = jnp.all(jnp.isfinite(x)) & jnp.any(x != 0)
-    safe_x = jnp.where(regular, x, jnp.zeros_like(x).at[0].set(1.0))
-    scaled = safe_x / jnp.max(jnp.abs(safe_x))
-    return log_norm(safe_x), scaled / jnp.linalg.norm(scaled), regular
+AbstractTrace = ExactTrace | HutchinsonTrace
 
 
-def _irregular_log_prob(x):
+def default_trace(dim: int) -> AbstractTrace:
+    return ExactTrace() if dim <= EXACT_TRACE_MAX_DIM else HutchinsonTrace()
+
+
+@serializable
+class ODEDensity(eqx.Module):
+    """log p by the probability-flow ODE with `steps` Heun steps and the divergence estimator
+    `trace` (None: :class:`ExactTrace` for d <= 64, :class:`HutchinsonTrace` above)."""
+
+    steps: int = eqx.field(static=True, default=64)
+    trace: ExactTrace | HutchinsonTrace | None = None
+
+    def __check_init__(self):
+        check_positive_int(self.steps, "steps")
+        if self.trace is not None and not isinstance(self.trace, ExactTrace | HutchinsonTrace):
+            raise TypeError(
+                "`trace` must be mp.ExactTrace(), mp.HutchinsonTrace(num_probes=...) or None, got "
+                f"{self.trace!r}."
+            )
+
+    def for_dim(self, dim: int) -> "ODEDensity":
+        """These settings with the default estimator for dimension `dim` filled in."""
+        return self if self.trace is not None else ODEDensity(self.steps, default_trace(dim))
+
+    def probe_key(self):
+        return jax.random.key(self.trace.seed if isinstance(self.trace, HutchinsonTrace) else 0)
+
+
+def check_density(density) -> ODEDensity:
+    if not isinstance(density, ODEDensity):
+        raise TypeError(f"`density` must be mp.ODEDensity(steps=..., trace=...), got {density!r}.")
+    return density
+
+
+def value_and_divergence(field, y, trace: AbstractTrace, probes):
+    """field(y) and its divergence at y, by the estimator `trace` with its `probes`."""
+    f, jvp = jax.linearize(field, y)
+    return f, trace.divergence(jvp, y, probes)
+
+
+def forward_times(t_eps: float, T: float, steps: int, dtype):
+    """The `steps` + 1 equally spaced times from t_ε up to T."""
+    return t_eps + (T - t_eps) * jnp.arange(steps + 1, dtype=dtype) / steps
+
+
+def integrate_log_density(velocity, y0, times, tau, trace: AbstractTrace, probes, **geometry):
+    """(y_T, ∫ div F dτ) along the probability-flow path of dy/dτ = velocity(y, t) from y0 at
+    times[0], by Heun steps with the trapezoid rule for the divergence (one evaluation per step).
+    `geometry` is the `exp` and `transport` of :func:`msgm_pp.heun.heun_step` (flat by default)."""
+
+    def velocity_and_divergence(y, t, step_probes):
+        return value_and_divergence(lambda p: velocity(p, t), y, trace, step_probes)
+
+    def step(carry, inputs):
+        y, f, div, t = carry
+        t_next, next_probes = inputs
+        d_tau = tau(t_next) - tau(t)
+        y_next = heun_step(velocity, y, f, d_tau, t_next, **geometry)
+        f_next, div_next = velocity_and_divergence(y_next, t_next, next_probes)
+        return (y_next, f_next, div_next, t_next), 0.5 * d_tau * (div + div_next)
+
+    f0, div0 = velocity_and_divergence(y0, times[0], probes[0])
+    (y_end, *_), increments = jax.lax.scan(step, (y0, f0, div0, times[0]), (times[1:], probes[1:]))
+    return y_end, jnp.sum(increments)
+
+
+def irregular_log_prob(x):
     """log p at x = 0 or at a non-finite x: −inf (the density vanishes), NaN for NaN input."""
     return jnp.where(jnp.any(jnp.isnan(x)), jnp.nan, -jnp.inf)
 
 
-def _velocity(score: TangentScore, y, log_r, s):
-    """F_s(y/|y|) = −½ Σ(u) g(u, ℓ, s): the forward probability-flow velocity per unit of τ."""
-    return -0.5 * score.drift(y / jnp.linalg.norm(y), log_r, s)
+def log_prob_point(score: TangentScore, norm_model: AbstractNormModel, x, density: ODEDensity, key):
+    """log p_{t_ε}(x) for one point x of shape (d,); see the module docstring.
 
-
-def value_and_divergence(field, y, trace: str, probes):
-    """field(y) and its divergence at y: the exact Jacobian trace, or the mean of zᵀJz over the
-    Rademacher `probes` z (num_probes, d), an unbiased estimate."""
-    f, jvp = jax.linearize(field, y)
-    if trace == "exact":
-        columns = jax.vmap(jvp)(jnp.eye(y.size, dtype=y.dtype))
-        return f, jnp.trace(columns)
-    return f, jnp.mean(jnp.sum(probes * jax.vmap(jvp)(probes), axis=-1))
-
-
-def trace_probes(key, steps: int, num_probes: int, dim: int, trace: str, dtype):
-    """Rademacher probes for the `steps` + 1 divergence evaluations of a solve (none if exact)."""
-    if trace == "hutchinson":
-        return jax.random.rademacher(key, (steps + 1, num_probes, dim), dtype=dtype)
-    return jnp.zeros((steps + 1, 0, dim), dtype)
-
-
-def _velocity_and_divergence(score: TangentScore, u, log_r, s, trace: str, probes):
-    """F_s(u) and div F_s(u) on the sphere."""
-    return value_and_divergence(lambda y: _velocity(score, y, log_r, s), u, trace, probes)
-
-
-def log_prob_point(
-    score: TangentScore,
-    norm_model: AbstractNormModel,
-    x,
-    *,
-    steps: int,
-    trace: str = "exact",
-    num_probes: int = 1,
-    key=None,
-):
-    """log p_{t_ε}(x) for one point x of shape (d,); see the module docstring."""
+    At x = 0 or a non-finite x the path starts from a fixed unit vector instead, so that neither
+    values nor gradients of the masked-out branch are NaN."""
     d = score.dim
-    log_r, u, regular = _safe_polar(x)
-    T, t_eps = score.schedule.T, score.t_eps
-    times = t_eps + (T - t_eps) * jnp.arange(steps + 1, dtype=u.dtype) / steps
-    signs = trace_probes(key, steps, num_probes, d, trace, u.dtype)
+    regular = jnp.all(jnp.isfinite(x)) & jnp.any(x != 0)
+    log_r, u = polar(jnp.where(regular, x, jnp.zeros_like(x).at[0].set(1.0)))
+    times = forward_times(score.t_eps, score.schedule.T, density.steps, u.dtype)
+    probes = density.trace.probes(key, density.steps, d, u.dtype)
 
-    def heun(carry, inputs):
-        u, f, div, s = carry
-        s_next, next_probes = inputs
-        d_tau = score.tau(s_next) - score.tau(s)
-        guess = remove_rounding_drift(sphere_exp(u, d_tau * f))
-        f_guess = _velocity(score, guess, log_r, s_next)
-        increment = 0.5 * d_tau * (f + project_tangent(u, f_guess))
-        u_next = remove_rounding_drift(sphere_exp(u, increment))
-        f_next, div_next = _velocity_and_divergence(
-            score, u_next, log_r, s_next, trace, next_probes
-        )
-        return (u_next, f_next, div_next, s_next), 0.5 * d_tau * (div + div_next)
+    def velocity(y, s):
+        """F_s(y/|y|) = −½ Σ(u) g(u, ℓ, s): the forward probability-flow velocity per unit of τ;
+        0-homogeneous in y, so that its divergence in R^d is the divergence on the sphere."""
+        return -0.5 * score.drift(y / jnp.linalg.norm(y), log_r, s)
 
-    f0, div0 = _velocity_and_divergence(score, u, log_r, times[0], trace, signs[0])
-    _, increments = jax.lax.scan(heun, (u, f0, div0, times[0]), (times[1:], signs[1:]))
+    _, divergence = integrate_log_density(
+        velocity,
+        u,
+        times,
+        score.tau,
+        density.trace,
+        probes,
+        exp=geodesic_step,
+        transport=project_tangent,
+    )
     latent = norm_model.log_prob(log_r) - d * log_r - log_sphere_area(d)
-    return jnp.where(regular, latent + jnp.sum(increments), _irregular_log_prob(x))
+    return jnp.where(regular, latent + divergence, irregular_log_prob(x))

@@ -37,7 +37,7 @@ import numpy as np
 from scipy.integrate import cumulative_simpson, simpson
 from scipy.special import gammaln
 
-from msgm_pp.noise import project_tangent
+from msgm_pp.sphere import log_sphere_area, project_tangent
 
 MAX_TABULATED_DIM = 64
 _N_TAU = 400
@@ -45,11 +45,6 @@ _N_PROB = 1025
 _N_THETA = 2049
 _SERIES_TAIL = 40.0  # terms are dropped once exp(-l(l+d-2)τ/2) < e^-40
 _MAX_TERMS = 1000
-
-
-def log_sphere_area(d) -> float:
-    """log |S^{d−1}|, the area of the unit sphere in R^d: |S^{d−1}| = 2 π^{d/2} / Γ(d/2)."""
-    return math.log(2.0) + 0.5 * d * math.log(math.pi) - float(gammaln(0.5 * d))
 
 
 def _series_terms(tau, d) -> int | None:

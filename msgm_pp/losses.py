@@ -22,8 +22,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from msgm_pp._checks import check_positive_int
+from msgm_pp.forward import simulate_directions
 from msgm_pp.heat_kernel import DSM_MAX_DIM, MAX_TABULATED_DIM, heat_kernel_score, sample_direction
-from msgm_pp.integrators import simulate_directions
 from msgm_pp.noise import IsotropicNoise
 from msgm_pp.score import TangentScore
 
@@ -109,11 +110,17 @@ _LOSSES = {"ssm": ssm_loss, "ism": ism_loss, "dsm": dsm_loss}
 
 
 class ScoreMatchingLoss(eqx.Module):
-    """A loss (score, batch, key) -> scalar, compared by value so compiled training is reused."""
+    """The loss `name` ("ssm", "ism" or "dsm") as (score, batch, key) -> scalar, with its
+    `forward_steps` and `weighted` settings; compared by value, so compiled training is reused."""
 
     name: str = eqx.field(static=True)
     forward_steps: int = eqx.field(static=True, default=16)
     weighted: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        if self.name not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {self.name!r}; choose one of {list(LOSS_NAMES)}.")
+        check_positive_int(self.forward_steps, "forward_steps")
 
     def __call__(self, score, batch, key):
         loss = _LOSSES[self.name]
@@ -135,13 +142,3 @@ def make_loss(name: str, noise, *, forward_steps: int = 16, weighted: bool = Tru
             f"d <= {DSM_MAX_DIM}; got {type(noise).__name__} with d = {noise.dim}. Use loss='ssm'."
         )
     return ScoreMatchingLoss(name, int(forward_steps), bool(weighted))
-
-
-class NetworkLoss(eqx.Module):
-    """(net, batch, key) -> loss of `score` with its network replaced by `net`."""
-
-    score: TangentScore
-    loss: eqx.Module
-
-    def __call__(self, net, batch, key):
-        return self.loss(eqx.tree_at(lambda sc: sc.net, self.score, net), batch, key)

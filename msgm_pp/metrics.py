@@ -34,6 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+# jax.enable_x64 is public from jax 0.8 on; before that it lives in jax.experimental.
+_enable_x64 = getattr(jax, "enable_x64", None)
+if _enable_x64 is None:
+    from jax.experimental import enable_x64 as _enable_x64
+
 _BLOCK_ROWS = 1024
 
 
@@ -73,7 +78,7 @@ def _pairwise_mean(a, b, squared_widths, kind: str):
 def _mean_pairwise(a, b, squared_widths=(), kind: str = "gaussian") -> float:
     """Mean over all pairs of mean_j exp(−|a_i − b_k|²/w_j) (kind "gaussian") or of |a_i − b_k|
     (kind "distance"), in float64, compiled, in blocks of rows."""
-    with jax.enable_x64(True):
+    with _enable_x64(True):
         value = _pairwise_mean(
             jnp.asarray(a, jnp.float64),
             jnp.asarray(b, jnp.float64),
@@ -122,11 +127,21 @@ def robust_transform(x, reference):
 
 
 def median_distance(x, max_rows: int = 2000) -> float:
-    """The median pairwise distance among (up to `max_rows` evenly spaced) rows of x."""
+    """The median pairwise distance among (up to `max_rows` evenly spaced) rows of x, computed in
+    blocks of rows so that memory stays at about 2^22 numbers whatever d is."""
     x = _as_samples(x, "x")
     x = x[:: max(1, math.ceil(x.shape[0] / max_rows))]
-    squared = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
-    return float(np.sqrt(np.median(squared[np.triu_indices(x.shape[0], k=1)])))
+    n, d = x.shape
+    block = max(1, 2**22 // (n * d))
+    upper = []
+    for start in range(0, n - 1, block):
+        rows = x[start : start + block]
+        squared = np.sum((rows[:, None, :] - x[None, :, :]) ** 2, axis=-1)
+        row, column = np.nonzero(
+            np.arange(n)[None, :] > np.arange(start, start + len(rows))[:, None]
+        )
+        upper.append(squared[row, column])
+    return float(np.sqrt(np.median(np.concatenate(upper))))
 
 
 def heavy_tail_mmd(x, y, *, reference=None, multipliers=(0.5, 1.0, 2.0)) -> float:

@@ -20,6 +20,19 @@ import jax
 import jax.numpy as jnp
 
 from msgm_pp._checks import check_dim, check_key, check_positive_int
+from msgm_pp.serialization import serializable
+
+# Activations a saved network may name; a network with any other activation is saved as custom.
+ACTIVATIONS = {
+    "swish": jax.nn.swish,
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "softplus": jax.nn.softplus,
+    "elu": jax.nn.elu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+}
 
 
 class TimeFeatures(eqx.Module):
@@ -37,6 +50,37 @@ class TimeFeatures(eqx.Module):
         return jnp.concatenate([t[None], jnp.sin(angles), jnp.cos(angles)])
 
 
+def _activation_name(fn) -> str | None:
+    return next((name for name, known in ACTIVATIONS.items() if known is fn), None)
+
+
+class _MLPConfig:
+    """`config` and `from_config` of the two MLP networks (see :mod:`msgm_pp.serialization`)."""
+
+    def config(self) -> dict | None:
+        activation = _activation_name(self.mlp.activation)
+        if activation is None:
+            return None
+        return {
+            "dim": self.mlp.out_size,
+            "width": self.mlp.width_size,
+            "depth": self.mlp.depth,
+            "num_frequencies": self.features.num_frequencies,
+            "activation": activation,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(
+            config["dim"],
+            key=jax.random.key(0),
+            width=config["width"],
+            depth=config["depth"],
+            num_frequencies=config["num_frequencies"],
+            activation=ACTIVATIONS[config["activation"]],
+        )
+
+
 def _mlp(in_size: int, out_size: int, width, depth, activation, key) -> eqx.nn.MLP:
     return eqx.nn.MLP(
         in_size=in_size,
@@ -48,7 +92,8 @@ def _mlp(in_size: int, out_size: int, width, depth, activation, key) -> eqx.nn.M
     )
 
 
-class ScoreMLP(eqx.Module):
+@serializable
+class ScoreMLP(_MLPConfig, eqx.Module):
     """An MLP g(u, z, t) on the concatenation [u, z, features(t)] for a single point."""
 
     mlp: eqx.nn.MLP
@@ -72,7 +117,8 @@ class ScoreMLP(eqx.Module):
         return self.mlp(jnp.concatenate([u, jnp.reshape(z, (1,)), self.features(t)]))
 
 
-class TimeMLP(eqx.Module):
+@serializable
+class TimeMLP(_MLPConfig, eqx.Module):
     """An MLP f(x, t) on [x, features(t)] for a single point: the SGM baseline's network, the same
     family as :class:`ScoreMLP` with the raw (normalised) point in place of (u, z)."""
 
@@ -108,6 +154,7 @@ class _FiLMBlock(eqx.Module):
         return h + self.conv(jax.nn.swish(modulated))
 
 
+@serializable
 class LatticeScoreNet(eqx.Module):
     """A periodic residual CNN g(u, z, t) for fields of `shape` (a ring (n,) or a grid (h, w)).
 
@@ -160,6 +207,26 @@ class LatticeScoreNet(eqx.Module):
             for conv_key, film_key in zip(block_keys[::2], block_keys[1::2], strict=True)
         ]
         self.project = conv(channels, 1, project_key)
+
+    def config(self) -> dict:
+        return {
+            "shape": list(self.shape),
+            "channels": self.lift.out_channels,
+            "num_blocks": len(self.blocks),
+            "kernel_size": self.lift.kernel_size[0],
+            "num_frequencies": self.features.num_frequencies,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "LatticeScoreNet":
+        return cls(
+            tuple(config["shape"]),
+            key=jax.random.key(0),
+            channels=config["channels"],
+            num_blocks=config["num_blocks"],
+            kernel_size=config["kernel_size"],
+            num_frequencies=config["num_frequencies"],
+        )
 
     def __call__(self, u, z, t):
         scale = math.sqrt(math.prod(self.shape))

@@ -31,6 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from msgm_pp._checks import check_dim, check_key, describe_indices
+from msgm_pp.serialization import serializable
+from msgm_pp.sphere import project_tangent, sphere_exp
+
+# The contractions are exact rotations' building blocks: TF32 (the default on some GPUs) would
+# break skew-symmetry and norm preservation at the 1e-4 level, so they run in full precision.
+_FULL = jax.lax.Precision.HIGHEST
 
 
 def _batched(signature: str):
@@ -46,18 +52,6 @@ def _batched(signature: str):
     return decorate
 
 
-def project_tangent(u, v):
-    """P_u v = v − (u·v) u, over the last axis."""
-    return v - jnp.sum(u * v, axis=-1, keepdims=True) * u
-
-
-def sphere_exp(u, w):
-    """Exp_u(w) = cos|w| u + sinc|w| w: the geodesic step from the unit vector u along the tangent
-    vector w, over the last axis. It is an exact rotation in the plane of u and w."""
-    angle = jnp.sqrt(jnp.sum(w**2, axis=-1, keepdims=True) + jnp.finfo(w.dtype).tiny)
-    return jnp.cos(angle) * u + jnp.sinc(angle / jnp.pi) * w
-
-
 class AbstractNoise(eqx.Module):
     """Interface of a skew-symmetric noise on R^d; see the module docstring."""
 
@@ -67,6 +61,11 @@ class AbstractNoise(eqx.Module):
     @abc.abstractmethod
     def num_generators(self) -> int:
         """K, the number of skew-symmetric generators G^k."""
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """The shape of one point: (d,) for vectors, the field's shape for a lattice."""
+        return (self.dim,)
 
     @property
     def increment_shape(self) -> tuple[int, ...]:
@@ -119,6 +118,7 @@ class AbstractNoise(eqx.Module):
         return self._ito_drift(x)
 
 
+@serializable
 class IsotropicNoise(AbstractNoise):
     r"""The full so(d) basis G^{(ij)} = e_i e_jᵀ − e_j e_iᵀ, i < j, never stored.
 
@@ -134,6 +134,13 @@ class IsotropicNoise(AbstractNoise):
     def __init__(self, dim: int):
         self.dim = check_dim(dim, "dim")
 
+    def config(self) -> dict:
+        return {"dim": self.dim}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "IsotropicNoise":
+        return cls(config["dim"])
+
     @property
     def num_generators(self) -> int:
         return self.dim * (self.dim - 1) // 2
@@ -148,14 +155,14 @@ class IsotropicNoise(AbstractNoise):
         return omega - omega.T
 
     def _apply(self, x, xi):
-        return self._skew_from_coordinates(xi) @ x
+        return jnp.matmul(self._skew_from_coordinates(xi), x, precision=_FULL)
 
     def _apply_transpose(self, x, v):
         i, j = np.triu_indices(self.dim, 1)
         return v[i] * x[j] - v[j] * x[i]
 
     def _diffusion(self, x, v):
-        return jnp.dot(x, x) * v - jnp.dot(x, v) * x
+        return jnp.dot(x, x, precision=_FULL) * v - jnp.dot(x, v, precision=_FULL) * x
 
     def _ito_drift(self, x):
         return -0.5 * (self.dim - 1) * x
@@ -192,25 +199,25 @@ class AbstractTensorNoise(AbstractNoise):
         return self.generators.shape[2]
 
     def _apply(self, x, xi):
-        return jnp.einsum("ijk,j,k->i", self.generators, x, xi)
+        return jnp.einsum("ijk,j,k->i", self.generators, x, xi, precision=_FULL)
 
     def _apply_transpose(self, x, v):
-        return jnp.einsum("ijk,i,j->k", self.generators, v, x)
+        return jnp.einsum("ijk,i,j->k", self.generators, v, x, precision=_FULL)
 
     def ito_matrix(self):
         """L = ½ Σ_k G^k G^k (symmetric, negative semi-definite)."""
-        return 0.5 * jnp.einsum("ijk,jlk->il", self.generators, self.generators)
+        return 0.5 * jnp.einsum("ijk,jlk->il", self.generators, self.generators, precision=_FULL)
 
     def _ito_drift(self, x):
-        return self.ito_matrix() @ x
+        return jnp.matmul(self.ito_matrix(), x, precision=_FULL)
 
     def rotation_step(self, u, xi, noise_dt, g=None, drift_dt=0.0):
         theta = jnp.sqrt(noise_dt) * xi
         if g is not None:
             theta = theta + drift_dt * self._apply_transpose(u, g)
-        half_omega = 0.5 * jnp.einsum("ijk,k->ij", self.generators, theta)
+        half_omega = 0.5 * jnp.einsum("ijk,k->ij", self.generators, theta, precision=_FULL)
         eye = jnp.eye(self.dim, dtype=u.dtype)
-        return jnp.linalg.solve(eye - half_omega, u + half_omega @ u)
+        return jnp.linalg.solve(eye - half_omega, u + jnp.matmul(half_omega, u, precision=_FULL))
 
     def mixing_rate(self) -> float:
         return _tensor_mixing_rate(np.asarray(self.generators, dtype=np.float64))
@@ -256,6 +263,7 @@ def _symmetric_basis(d: int) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
+@serializable
 class TensorNoise(AbstractTensorNoise):
     """A user-supplied tensor of shape (d, d, K), validated against A1 and A2.
 
@@ -306,6 +314,7 @@ def _check_rank_condition(g: np.ndarray, points: int = 8, rtol: float = 1e-7) ->
             )
 
 
+@serializable
 class DenseNoise(AbstractTensorNoise):
     """The paper's dense noise: K = d, G^k = (F_k − F_kᵀ)/2 with F_k iid N(0, 1), scaled so that
     tr L = −d/2. Memory and cost per step are O(d³)."""
@@ -319,7 +328,15 @@ class DenseNoise(AbstractTensorNoise):
         trace_ito = -0.5 * jnp.sum(g**2)
         self.generators = g * jnp.sqrt((-0.5 * dim) / trace_ito)
 
+    def config(self) -> dict:
+        return {"dim": self.dim}
 
+    @classmethod
+    def from_config(cls, config: dict) -> "DenseNoise":
+        return cls(config["dim"], key=jax.random.key(0))
+
+
+@serializable
 class LatticeNoise(AbstractNoise):
     r"""Nearest-neighbour rotations on a periodic ring (shape (n,)) or 2-D grid (shape (h, w)).
 
@@ -351,6 +368,17 @@ class LatticeNoise(AbstractNoise):
     @property
     def dim(self) -> int:
         return math.prod(self.shape)
+
+    def config(self) -> dict:
+        return {"shape": list(self.shape)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "LatticeNoise":
+        return cls(tuple(config["shape"]))
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.shape
 
     @property
     def num_generators(self) -> int:

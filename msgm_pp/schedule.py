@@ -9,7 +9,10 @@ import math
 import equinox as eqx
 import jax.numpy as jnp
 
+from msgm_pp.serialization import serializable
 
+
+@serializable
 class LinearSchedule(eqx.Module):
     """β(s) = β_min + (β_max − β_min) s / T on [0, T], the schedule of the paper's code.
 

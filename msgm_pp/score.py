@@ -13,8 +13,10 @@ import jax.numpy as jnp
 
 from msgm_pp.noise import AbstractNoise
 from msgm_pp.schedule import LinearSchedule
+from msgm_pp.serialization import serializable
 
 
+@serializable
 class TangentScore(eqx.Module):
     """g_θ(u, ℓ, s) = P_u net(u, (ℓ − log_r_loc)/log_r_scale, s/T) for one point."""
 

@@ -7,8 +7,9 @@ import pytest
 from conftest import PointMassScore, time_of_tau
 
 import msgm_pp as mp
-from msgm_pp.heat_kernel import log_heat_kernel, log_sphere_area
+from msgm_pp.heat_kernel import log_heat_kernel
 from msgm_pp.score import TangentScore
+from msgm_pp.sphere import log_sphere_area
 
 TAU_0 = 0.1
 
@@ -24,6 +25,10 @@ def point_mass_model(d: int, **options):
     score = TangentScore(PointMassScore(u0, schedule), noise, schedule, 0.0, 1.0, t_eps)
     norm_model = mp.KDENorm.fit(np.random.default_rng(0).standard_normal(4000))
     return mp.MSGM(score, norm_model, **options), u0
+
+
+def with_steps(model, steps: int):
+    return model.with_options(density=mp.ODEDensity(steps, model.density.trace))
 
 
 def typical_points(model, u0, n, key):
@@ -55,7 +60,7 @@ def test_log_prob_matches_the_heat_kernel(d):
         jnp.max(jnp.abs(log_heat_kernel(u, u0, score.tau(score.schedule.T)) + log_sphere_area(d)))
     )
     errors = {
-        steps: float(jnp.max(jnp.abs(model.log_density(x, steps=steps) - exact)))
+        steps: float(jnp.max(jnp.abs(with_steps(model, steps).log_prob(x) - exact)))
         for steps in (64, 256)
     }
     assert errors[256] < residual + 0.01
@@ -66,21 +71,21 @@ def test_log_prob_matches_the_heat_kernel(d):
 def test_hutchinson_trace_is_an_unbiased_deterministic_estimate():
     """Averaged over 64 probe keys, the Hutchinson log-density matches the exact trace within 4
     standard errors; for a fixed key it is a deterministic function of x."""
-    model, u0 = point_mass_model(3, log_prob_steps=32)
+    model, u0 = point_mass_model(3, density=mp.ODEDensity(32, mp.ExactTrace()))
     x, _, _ = typical_points(model, u0, 4, jax.random.key(0))
-    exact = model.log_density(x, trace="exact")
-    estimates = jnp.stack(
-        [model.log_density(x, trace="hutchinson", key=jax.random.key(k)) for k in range(64)]
-    )
+    exact = model.log_prob(x)
+    hutchinson = model.with_options(density=mp.ODEDensity(32, mp.HutchinsonTrace()))
+    estimates = jnp.stack([hutchinson._log_prob(x, jax.random.key(k)) for k in range(64)])
     standard_error = estimates.std(0) / np.sqrt(64)
     assert float(estimates.std(0).min()) > 0
     assert jnp.all(jnp.abs(estimates.mean(0) - exact) < 4 * standard_error)
-    hutchinson = model.with_options(trace="hutchinson")
     np.testing.assert_array_equal(hutchinson.log_prob(x), hutchinson.log_prob(x))
+    reseeded = model.with_options(density=mp.ODEDensity(32, mp.HutchinsonTrace(seed=5)))
+    np.testing.assert_array_equal(reseeded.log_prob(x), estimates[5])
 
 
 def test_trace_defaults_to_exact_up_to_64_dimensions():
-    assert point_mass_model(3)[0].trace == "exact"
+    assert point_mass_model(3)[0].density.trace == mp.ExactTrace()
     noise = mp.IsotropicNoise(65)
     score = TangentScore(
         mp.ScoreMLP(65, key=jax.random.key(0), width=8, depth=1),
@@ -90,11 +95,11 @@ def test_trace_defaults_to_exact_up_to_64_dimensions():
         1.0,
         1e-3,
     )
-    assert mp.MSGM(score, point_mass_model(3)[0].norm_model).trace == "hutchinson"
+    assert mp.MSGM(score, point_mass_model(3)[0].norm_model).density.trace == mp.HutchinsonTrace()
 
 
 def test_log_prob_shapes_jit_and_vmap():
-    model, u0 = point_mass_model(3, log_prob_steps=16)
+    model, u0 = point_mass_model(3, density=mp.ODEDensity(16))
     x, _, _ = typical_points(model, u0, 12, jax.random.key(1))
     flat = model.log_prob(x)
     assert flat.shape == (12,)
@@ -102,13 +107,13 @@ def test_log_prob_shapes_jit_and_vmap():
     assert model.log_prob(x[0]).shape == ()
     np.testing.assert_allclose(jax.jit(lambda m, v: m.log_prob(v))(model, x), flat, atol=2e-5)
     np.testing.assert_allclose(jax.vmap(model.log_prob)(x), flat, atol=2e-5)
-    assert model.log_density(jnp.zeros((0, 3))).shape == (0,)
+    assert model.log_prob(jnp.zeros((0, 3))).shape == (0,)
 
 
 def test_gradient_matches_finite_differences():
     """In float64, central differences with h = 1e-5 have error ~1e-9, far below the rtol."""
     with jax.enable_x64(True):
-        model, _ = point_mass_model(3, log_prob_steps=16)
+        model, _ = point_mass_model(3, density=mp.ODEDensity(16))
         model = jax.tree.map(lambda a: a.astype(jnp.float64), model)
         x = jnp.array([[0.7, -1.1, 0.4], [2.0, 0.3, -0.2]], dtype=jnp.float64)
         grad = jax.vmap(jax.grad(model.log_prob))(x)
@@ -121,22 +126,26 @@ def test_gradient_matches_finite_differences():
 
 
 def test_irregular_points_and_bad_shapes():
-    model, _ = point_mass_model(3, log_prob_steps=8)
+    model, _ = point_mass_model(3, density=mp.ODEDensity(8), validate_args=False)
     x = jnp.array([[0.0, 0.0, 0.0], [jnp.inf, 1.0, 0.0], [jnp.nan, 1.0, 0.0], [1.0, 0.5, 0.0]])
-    log_p = model.log_density(x)
+    log_p = model.log_prob(x)
     assert log_p[0] == -jnp.inf and log_p[1] == -jnp.inf and jnp.isnan(log_p[2])
     assert jnp.isfinite(log_p[3])
-    assert bool(jnp.all(jnp.isfinite(jax.grad(lambda v: model.log_density(v))(x[0]))))
+    assert bool(jnp.all(jnp.isfinite(jax.grad(model.log_prob)(x[0]))))
     with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\)"):
         model.log_prob(jnp.ones((5, 4)))
-    with pytest.raises(ValueError, match="unknown trace"):
-        model.log_density(x, trace="diagonal")
+    with pytest.raises(TypeError, match="`trace` must be"):
+        mp.ODEDensity(8, trace="diagonal")
+    with pytest.raises(ValueError, match="`steps` must be a positive int"):
+        mp.ODEDensity(0)
+    with pytest.raises(TypeError, match="`density` must be"):
+        model.with_options(density=16)
     with pytest.raises(TypeError, match="unknown option"):
         model.with_options(step=3)
 
 
 def test_validate_args_gives_minus_inf_outside_the_support():
-    model, _ = point_mass_model(3, log_prob_steps=8, validate_args=True)
+    model, _ = point_mass_model(3, density=mp.ODEDensity(8), validate_args=True)
     with pytest.warns(UserWarning, match="Out-of-support"):
         log_p = model.log_prob(jnp.array([[jnp.inf, 1.0, 0.0], [1.0, 0.5, 0.0]]))
     assert log_p[0] == -jnp.inf and jnp.isfinite(log_p[1])

@@ -35,7 +35,7 @@ if devices > 1:
     else:
         raise AssertionError("batch_size=63 on two devices was accepted")
 model = mp.SGM.fit(
-    data, key=jax.random.key(1), steps=40, eval_every=20, batch_size=64, progress=False
+    data, key=jax.random.key(1), max_steps=40, eval_every=20, batch_size=64, progress=False
 )
 params = jax.tree_util.tree_leaves(eqx.filter(model.score, eqx.is_array))
 print(json.dumps({

@@ -109,3 +109,10 @@ def test_bad_input_names_the_rows():
         metrics.hill_tail_index(np.array([1.0, -1.0] * 200))
     with pytest.raises(ValueError, match="at least 10"):
         metrics.hill_tail_index(np.arange(1.0, 50.0))
+
+
+def test_median_distance_matches_all_pairs_without_an_n_by_n_by_d_array():
+    x = np.random.default_rng(3).standard_cauchy((301, 7))
+    squared = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
+    expected = np.sqrt(np.median(squared[np.triu_indices(len(x), k=1)]))
+    assert metrics.median_distance(x) == pytest.approx(expected, rel=1e-12)

@@ -194,3 +194,34 @@ def test_trace_ito_matches_the_explicit_tensor(name):
     noise = make_noise(name, 16 if name == "lattice" else 5)
     g = explicit_tensor(noise)
     np.testing.assert_allclose(float(noise.trace_ito()), -0.5 * np.sum(g**2), rtol=1e-5)
+
+
+def _dot_precisions(jaxpr) -> list:
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", None)
+            if inner is not None:
+                found.extend(_dot_precisions(getattr(inner, "jaxpr", inner)))
+    return found
+
+
+@pytest.mark.parametrize("name", ["isotropic", "dense"])
+def test_contractions_ask_for_full_float32_precision(name):
+    """Skew-symmetry and norm preservation must not depend on the backend's default matmul precision
+    (TF32 on some GPUs gives errors of 7e-5): every contraction of the noise asks for HIGHEST."""
+    noise = make_noise(name, 5)
+    x = jnp.linspace(-1.0, 1.0, 5)
+    xi = jnp.ones(noise.increment_shape)
+    programs = [
+        jax.make_jaxpr(noise.apply)(x, jnp.ones(noise.num_generators)),
+        jax.make_jaxpr(noise.apply_transpose)(x, x),
+        jax.make_jaxpr(noise.diffusion)(x, x),
+        jax.make_jaxpr(lambda u, z: noise.rotation_step(u, z, 0.1, u, 0.1))(x / 2, xi),
+    ]
+    precisions = [p for program in programs for p in _dot_precisions(program.jaxpr)]
+    assert precisions, "no contraction found"
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    assert all(p == highest for p in precisions), precisions

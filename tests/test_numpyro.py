@@ -33,8 +33,8 @@ def student_t(key, n, d, nu):
 def prior():
     """A learned 2-D Student-t (ν = 3) prior."""
     data = student_t(jax.random.key(3), 20000, 2, NU)
-    model = mp.MSGM.fit(data, key=jax.random.key(1), steps=2000, progress=False)
-    return model.with_options(log_prob_steps=16, sampler="ode")
+    model = mp.MSGM.fit(data, key=jax.random.key(1), max_steps=2000, progress=False)
+    return model.with_options(sampler=mp.ODESampler(128), density=mp.ODEDensity(16))
 
 
 def inverse_problem(prior, y=None):

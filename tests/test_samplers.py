@@ -12,7 +12,7 @@ from conftest import PointMassScore, make_noise, time_of_tau, unit_rows
 from scipy.special import eval_gegenbauer
 
 import msgm_pp as mp
-from msgm_pp.samplers import reverse_directions
+from msgm_pp.samplers import check_sampler, reverse_directions
 from msgm_pp.score import TangentScore
 
 
@@ -23,8 +23,8 @@ class LinearField(eqx.Module):
         return (1.0 + t) * (self.matrix @ u)
 
 
-@pytest.mark.parametrize("method", ["sde", "ode"])
-def test_exact_point_mass_score_recovers_the_heat_kernel(method):
+@pytest.mark.parametrize("sampler", [mp.SDESampler, mp.ODESampler])
+def test_exact_point_mass_score_recovers_the_heat_kernel(sampler):
     """Started from the uniform law at T, both samplers must end at the law of u_τ given u_0 = e_1
     with τ = τ(t_ε) = 0.1: its Gegenbauer moments are exp(−l(l+d−2)τ/2). The SDE step is first
     order in law (its bias halves with the step: -0.018, -0.009, -0.0023 for l = 2 at 128, 256 and
@@ -37,8 +37,8 @@ def test_exact_point_mass_score_recovers_the_heat_kernel(method):
         PointMassScore(u0, schedule), noise, schedule, 0.0, 1.0, time_of_tau(schedule, tau_end)
     )
     u_T = unit_rows(jax.random.key(0), n, d)
-    steps = 1024 if method == "sde" else 256
-    u = reverse_directions(score, u_T, jnp.zeros(n), jax.random.key(1), steps, method)
+    steps = 1024 if sampler is mp.SDESampler else 256
+    u = reverse_directions(score, u_T, jnp.zeros(n), jax.random.key(1), sampler(steps))
     c = np.clip(np.asarray(u @ u0, dtype=np.float64), -1, 1)
     for l in (1, 2):
         moment = eval_gegenbauer(l, 0.5, c)
@@ -47,14 +47,14 @@ def test_exact_point_mass_score_recovers_the_heat_kernel(method):
 
 
 @pytest.mark.parametrize("name", ["isotropic", "dense", "lattice"])
-@pytest.mark.parametrize("method", ["sde", "ode"])
-def test_samplers_keep_unit_norm(name, method):
+@pytest.mark.parametrize("sampler", [mp.SDESampler, mp.ODESampler])
+def test_samplers_keep_unit_norm(name, sampler):
     d = 16
     noise = make_noise(name, d)
     net = LinearField(jax.random.normal(jax.random.key(0), (d, d)))
     score = TangentScore(net, noise, mp.mixing_schedule(noise), 0.0, 1.0, 1e-3)
     u = reverse_directions(
-        score, unit_rows(jax.random.key(1), 64, d), jnp.zeros(64), jax.random.key(2), 32, method
+        score, unit_rows(jax.random.key(1), 64, d), jnp.zeros(64), jax.random.key(2), sampler(32)
     )
     np.testing.assert_allclose(jnp.linalg.norm(u, axis=1), 1.0, atol=2e-6)
 
@@ -65,7 +65,7 @@ def test_ode_without_score_leaves_directions_in_place():
         LinearField(jnp.zeros((5, 5))), noise, mp.mixing_schedule(noise), 0.0, 1.0, 1e-3
     )
     u_T = unit_rows(jax.random.key(1), 10, 5)
-    u = reverse_directions(score, u_T, jnp.zeros(10), jax.random.key(2), 16, "ode")
+    u = reverse_directions(score, u_T, jnp.zeros(10), jax.random.key(2), mp.ODESampler(16))
     np.testing.assert_allclose(u, u_T, atol=1e-6)
 
 
@@ -80,7 +80,7 @@ def test_ode_sampler_is_second_order():
         score = TangentScore(net, noise, schedule, 0.0, 1.0, 1e-3)
         u_T = jnp.asarray(unit_rows(jax.random.key(1), 8, d), jnp.float64)
         run = lambda steps: reverse_directions(
-            score, u_T, jnp.zeros(8), jax.random.key(2), steps, "ode"
+            score, u_T, jnp.zeros(8), jax.random.key(2), mp.ODESampler(steps)
         )
         reference = run(2048)
         errors = [float(jnp.abs(run(steps) - reference).max()) for steps in (16, 32, 64)]
@@ -91,10 +91,10 @@ def test_ode_sampler_is_second_order():
         assert 3.0 < coarse / fine < 5.0
 
 
-def test_unknown_sampler_is_refused():
-    noise = mp.IsotropicNoise(3)
-    score = TangentScore(
-        LinearField(jnp.zeros((3, 3))), noise, mp.mixing_schedule(noise), 0.0, 1.0, 1e-3
-    )
-    with pytest.raises(ValueError, match="unknown sampler"):
-        reverse_directions(score, jnp.eye(3), jnp.zeros(3), jax.random.key(0), 4, "euler")
+def test_bad_sampler_settings_are_refused():
+    with pytest.raises(ValueError, match="`steps` must be a positive int"):
+        mp.SDESampler(0)
+    with pytest.raises(ValueError, match="`steps` must be a positive int"):
+        mp.ODESampler(steps=2.5)
+    with pytest.raises(TypeError, match="`sampler` must be"):
+        check_sampler("euler")

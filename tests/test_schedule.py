@@ -8,7 +8,7 @@ from scipy import integrate
 from scipy.linalg import expm
 
 import msgm_pp as mp
-from msgm_pp.integrators import simulate_directions
+from msgm_pp.forward import simulate_directions
 
 
 def test_linear_schedule_integral_matches_quadrature():

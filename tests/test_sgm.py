@@ -57,24 +57,28 @@ def test_log_prob_matches_the_gaussian_flow(gaussian_sgm):
         - jnp.log(SCALE).sum()
     )
     errors = [
-        float(jnp.max(jnp.abs(gaussian_sgm.log_density(x, steps=steps) - expected)))
+        float(jnp.max(jnp.abs(with_steps(gaussian_sgm, steps).log_prob(x) - expected)))
         for steps in (16, 64, 256)
     ]
     assert errors[0] / errors[1] > 10 and errors[1] / errors[2] > 10
     assert errors[2] < 2e-4
 
 
-@pytest.mark.parametrize("sampler", ["ode", "sde"])
+@pytest.mark.parametrize("sampler", [mp.ODESampler(256), mp.SDESampler(256)])
 def test_samples_have_the_gaussian_variance(gaussian_sgm, sampler):
     """Normalised samples of the exact model have variance v_ε ≈ C² (the N(0, I) start differs from
     N(0, v_T) by 3e-4 in variance): within 4 standard errors (√(2/n) relative) per coordinate."""
     n = 20000
-    x = gaussian_sgm.draw(jax.random.key(1), (n,), sampler=sampler, steps=256)
+    x = gaussian_sgm.with_options(sampler=sampler).sample(jax.random.key(1), (n,))
     y = np.asarray(gaussian_sgm.score.normalise(x), np.float64)
     score = gaussian_sgm.score
     v_eps = float(marginal_variance(score.tau(score.t_eps)))
     assert np.all(np.abs(y.var(0) / v_eps - 1) < 4 * np.sqrt(2 / n))
     assert np.all(np.abs(y.mean(0)) < 4 * np.sqrt(v_eps / n))
+
+
+def with_steps(model, steps: int):
+    return model.with_options(density=mp.ODEDensity(steps, model.density.trace))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +91,7 @@ def test_training_improves_on_the_initial_network(student_data):
     """1000 DSM steps lower the validation loss, and bring the samples closer to held-out data than
     those of an untrained network, by more than a factor 2 in √MMD."""
     _, train, test = student_data
-    model = mp.SGM.fit(train, key=jax.random.key(2), steps=1000, progress=False)
+    model = mp.SGM.fit(train, key=jax.random.key(2), max_steps=1000, progress=False)
     history = model.history
     assert float(history.validation_loss.min()) < 0.5 * float(history.validation_loss[0])
     untrained = mp.SGM(
@@ -102,19 +106,21 @@ def test_training_improves_on_the_initial_network(student_data):
 def test_sliced_score_matching_trains(student_data):
     """The paper's SSM loss (its minimum is negative) falls below the initial network's."""
     _, train, _ = student_data
-    model = mp.SGM.fit(train, key=jax.random.key(2), loss="ssm", steps=500, progress=False)
+    model = mp.SGM.fit(train, key=jax.random.key(2), loss="ssm", max_steps=500, progress=False)
     assert (
         float(model.history.validation_loss.min()) < float(model.history.validation_loss[0]) - 0.5
     )
 
 
 def test_is_a_numpyro_distribution(gaussian_sgm):
-    model = gaussian_sgm.with_options(sample_steps=8, log_prob_steps=8)
+    model = gaussian_sgm.with_options(sampler=mp.SDESampler(8), density=mp.ODEDensity(8))
     assert model.sample(jax.random.key(0), (3, 2)).shape == (3, 2, 2)
     assert model.log_prob(jnp.ones((3, 2, 2))).shape == (3, 2)
     assert mp.SGM.infer_shapes(model.score) == ((), (2,))
     assert jax.jit(lambda m, x: m.log_prob(x))(model, jnp.ones((4, 2))).shape == (4,)
-    irregular = model.log_density(jnp.array([[jnp.nan, 0.0], [jnp.inf, 0.0]]))
+    irregular = mp.SGM(model.score, validate_args=False).log_prob(
+        jnp.array([[jnp.nan, 0.0], [jnp.inf, 0.0]])
+    )
     assert np.isnan(irregular[0]) and irregular[1] == -np.inf
 
     def prior_model(prior):

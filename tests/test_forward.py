@@ -15,7 +15,7 @@ from scipy import stats
 
 import msgm_pp as mp
 from msgm_pp.diagnostics import direction_moment_z_scores
-from msgm_pp.integrators import simulate_directions
+from msgm_pp.forward import simulate_directions
 
 SMALL_CASES = [(name, d) for name in ("isotropic", "dense", "lattice") for d in (3, 16)]
 CASES = [*SMALL_CASES, ("lattice", 1024)]

@@ -13,12 +13,7 @@ from msgm_pp._checks import check_key, check_points, check_positive_int, check_t
 from msgm_pp.heat_kernel import sample_direction
 from msgm_pp.noise import AbstractNoise, IsotropicNoise
 from msgm_pp.schedule import mixing_schedule
-
-
-def split_norm_direction(x):
-    """x = r u with r = |x| (shape (...)) and u = x/r (shape (..., d))."""
-    r = jnp.linalg.norm(x, axis=-1)
-    return r, x / r[..., None]
+from msgm_pp.sphere import renormalise
 
 
 def _prepare(noise, x0, s, key, schedule):
@@ -32,7 +27,8 @@ def _prepare(noise, x0, s, key, schedule):
     s = check_times(s, None if x0.ndim == 1 else x0.shape[0])
     schedule = mixing_schedule(noise) if schedule is None else schedule
     tau = jnp.broadcast_to(schedule.integral(s), batch.shape[:1]).astype(batch.dtype)
-    return x0.shape, batch, tau, key
+    r = jnp.linalg.norm(batch, axis=-1)
+    return x0.shape, r, batch / r[:, None], tau, key
 
 
 def forward_sample(noise: AbstractNoise, x0, s, *, key, steps: int = 100, schedule=None):
@@ -50,8 +46,7 @@ def forward_sample(noise: AbstractNoise, x0, s, *, key, steps: int = 100, schedu
         x_s with the shape of x0 and |x_s| = |x0| row by row (up to float rounding).
     """
     steps = check_positive_int(steps, "steps")
-    shape, batch, tau, key = _prepare(noise, x0, s, key, schedule)
-    r, u = split_norm_direction(batch)
+    shape, r, u, tau, key = _prepare(noise, x0, s, key, schedule)
     return (r[:, None] * simulate_directions(noise, u, tau, key, steps)).reshape(shape)
 
 
@@ -63,16 +58,10 @@ def simulate_directions(noise: AbstractNoise, u0, tau, key, steps: int):
 
     def body(u, step_key):
         xi = jax.random.normal(step_key, u.shape[:1] + noise.increment_shape, u.dtype)
-        return remove_rounding_drift(step(u, xi, dtau)), None
+        return renormalise(step(u, xi, dtau)), None
 
     u, _ = jax.lax.scan(body, u0, jax.random.split(key, steps))
     return u
-
-
-def remove_rounding_drift(u):
-    """Rescale rotated unit vectors to norm 1. Each step is an exact rotation; this only removes the
-    float rounding (~1 ulp per rotation) that would otherwise accumulate over thousands of steps."""
-    return u / jnp.linalg.norm(u, axis=-1, keepdims=True)
 
 
 def forward_sample_exact(noise: IsotropicNoise, x0, s, *, key, schedule=None):
@@ -86,8 +75,7 @@ def forward_sample_exact(noise: IsotropicNoise, x0, s, *, key, schedule=None):
             "the exact sampler exists for IsotropicNoise only (its transition density is the spherical "
             f"heat kernel); got {type(noise).__name__}. Use forward_sample instead."
         )
-    shape, batch, tau, key = _prepare(noise, x0, s, key, schedule)
-    r, u = split_norm_direction(batch)
+    shape, r, u, tau, key = _prepare(noise, x0, s, key, schedule)
     return (r[:, None] * _exact_directions(key, u, tau)).reshape(shape)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from msgm_pp import train
+from msgm_pp import training as train
 
 
 class Mean(eqx.Module):
@@ -22,14 +22,14 @@ DATA = jax.random.normal(jax.random.key(0), (500, 3)) + jnp.array([1.0, -2.0, 3.
 
 
 def fit_mean(loss, seed, **options):
-    settings = dict(steps=1000, eval_every=100, optimizer=optax.adam(0.05), progress=False)
+    settings = dict(max_steps=1000, eval_every=100, optimizer=optax.adam(0.05), progress=False)
     return train.fit_network(
         Mean(jnp.zeros(3)), loss, DATA, key=jax.random.key(seed), **(settings | options)
     )
 
 
 def test_training_reaches_the_minimiser_and_is_deterministic():
-    fits = [fit_mean(squared_error, 1, steps=600) for _ in range(2)]
+    fits = [fit_mean(squared_error, 1, max_steps=600) for _ in range(2)]
     (net, history), (again, history_again) = fits
     np.testing.assert_array_equal(net.w, again.w)
     np.testing.assert_array_equal(history.train_loss, history_again.train_loss)
@@ -42,7 +42,7 @@ def test_training_reaches_the_minimiser_and_is_deterministic():
 def test_the_best_validated_parameters_are_returned():
     # minibatch noise makes later parameters worse at times
     net, history = fit_mean(
-        squared_error, 1, steps=400, eval_every=50, optimizer=optax.sgd(0.9), patience=None
+        squared_error, 1, max_steps=400, eval_every=50, optimizer=optax.sgd(0.9), patience=None
     )
     best = int(np.argmin(history.validation_loss))
     assert history.best_step == int(history.validation_step[best])
@@ -53,7 +53,7 @@ def test_the_best_validated_parameters_are_returned():
 
 def test_patience_stops_training():
     flat = lambda net, batch, key: jnp.mean(batch**2) + 0.0 * jnp.sum(net.w)
-    _, history = fit_mean(flat, 2, steps=10_000, eval_every=10, patience=3)
+    _, history = fit_mean(flat, 2, max_steps=10_000, eval_every=10, patience=3)
     assert history.stop_reason == "early stopping"
     assert history.validation_step[-1] == 30
 

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import pickle
+import warnings
 import zipfile
 
 import equinox as eqx
@@ -13,9 +14,9 @@ import pytest
 from test_density import point_mass_model
 
 import msgm_pp as mp
-from msgm_pp import io as model_io
+from msgm_pp import serialization as model_io
 
-BUDGET = dict(steps=20, eval_every=10, progress=False)
+BUDGET = dict(max_steps=20, eval_every=10, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def model(data):
-    return mp.MSGM.fit(data, key=jax.random.key(1), **BUDGET).with_options(log_prob_steps=8)
+    return mp.MSGM.fit(data, key=jax.random.key(1), **BUDGET).with_options(density=mp.ODEDensity(8))
 
 
 def edited_copy(source, target, name, content):
@@ -55,19 +56,21 @@ def test_round_trip_is_bit_identical(model, tmp_path):
     assert_same_model(model, loaded)
     assert loaded.history.settings == model.history.settings
     np.testing.assert_array_equal(loaded.history.train_loss, model.history.train_loss)
-    assert dict(loaded.history.settings)["steps"] == 20
+    assert dict(loaded.history.settings)["max_steps"] == 20
 
 
 def untrained_msgm(noise, net):
     score = mp.TangentScore(net, noise, mp.mixing_schedule(noise), 0.5, 2.0, 1e-3)
     norm_model = mp.KDENorm.fit(np.random.default_rng(0).standard_normal(500))
-    return mp.MSGM(score, norm_model, log_prob_steps=4, sample_steps=8)
+    return mp.MSGM(score, norm_model, sampler=mp.ODESampler(8), density=mp.ODEDensity(4))
 
 
 def untrained_sgm():
     net = mp.TimeMLP(3, key=jax.random.key(0), width=16, depth=1)
     score = mp.VPScore(net, mp.vp_schedule(), jax.numpy.ones(3), 2 * jax.numpy.ones(3), 1e-3)
-    return mp.SGM(score, log_prob_steps=4, sample_steps=8)
+    return mp.SGM(
+        score, sampler=mp.SDESampler(8), density=mp.ODEDensity(4, mp.HutchinsonTrace(2, seed=3))
+    )
 
 
 BUILDERS = {
@@ -94,7 +97,7 @@ def test_round_trip_for_every_noise_network_and_model(name, tmp_path):
 
 
 def test_custom_network_needs_a_skeleton(tmp_path):
-    model, _ = point_mass_model(3, log_prob_steps=8)
+    model, _ = point_mass_model(3, density=mp.ODEDensity(8))
     model.save(tmp_path / "custom.msgm")
     with pytest.raises(ValueError, match="custom network of type 'PointMassScore'"):
         mp.load(tmp_path / "custom.msgm")
@@ -182,16 +185,39 @@ def test_foreign_and_future_files_are_refused(model, tmp_path):
         mp.load(tmp_path / "gan.msgm")
 
 
-def test_version_1_files_hold_an_msgm(model, tmp_path):
-    """Files from before the SGM (format version 1) have no model entry and load as an MSGM."""
+def as_format(version: int, description: dict) -> dict:
+    """The description as msgm_pp 0.1 wrote it: options as names and step counts, and no model
+    entry in format version 1 (from before the SGM)."""
+    old = dict(description, format_version=version)
+    if version == 1:
+        del old["model"]
+    sampler, density = old["options"]["sampler"], old["options"]["density"]
+    trace = density["fields"]["trace"]
+    old["options"] = {
+        "sampler": {"SDESampler": "sde", "ODESampler": "ode"}[sampler["class"]],
+        "sample_steps": sampler["fields"]["steps"],
+        "log_prob_steps": density["fields"]["steps"],
+        "trace": {"ExactTrace": "exact", "HutchinsonTrace": "hutchinson"}[trace["class"]],
+        "num_probes": trace["fields"].get("num_probes", 1),
+    }
+    return old
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_files_of_msgm_pp_0_1_load(model, tmp_path, version):
+    """Format 1 (no model entry: an MSGM) and 2 (options as names) load without a warning."""
+    model = model.with_options(sampler=mp.ODESampler(12))
     model.save(tmp_path / "model.msgm")
     description = json.loads(zipfile.ZipFile(tmp_path / "model.msgm").read("model.json"))
-    description["format_version"] = 1
-    del description["model"]
     edited_copy(
-        tmp_path / "model.msgm", tmp_path / "v1.msgm", "model.json", json.dumps(description)
+        tmp_path / "model.msgm",
+        tmp_path / "old.msgm",
+        "model.json",
+        json.dumps(as_format(version, description)),
     )
-    assert_same_model(model, mp.load(tmp_path / "v1.msgm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert_same_model(model, mp.load(tmp_path / "old.msgm"))
 
 
 def test_mismatched_arrays_are_refused(model, tmp_path):
@@ -212,3 +238,26 @@ def test_bad_arguments(model, tmp_path):
         model_io.save(model.score, tmp_path / "x.msgm")
     with pytest.raises(FileNotFoundError):
         mp.load(tmp_path / "missing.msgm")
+
+
+@pytest.mark.parametrize("saved_with_x64", [False, True])
+def test_models_load_in_either_x64_mode(data, tmp_path, saved_with_x64):
+    """A model saved in one float mode loads in the other, cast to that mode's float type, and
+    gives the same log-densities to float32 accuracy."""
+    path = tmp_path / "model.msgm"
+    x = np.asarray(data[:5], np.float64)
+    with jax.enable_x64(saved_with_x64):
+        saved = mp.MSGM.build(
+            jax.numpy.asarray(data), key=jax.random.key(1), density=mp.ODEDensity(4)
+        )
+        saved.save(path)
+        expected = np.asarray(saved.log_prob(jax.numpy.asarray(x)), np.float64)
+    with jax.enable_x64(not saved_with_x64):
+        loaded = mp.load(path)
+        float_type = jax.numpy.float64 if not saved_with_x64 else jax.numpy.float32
+        assert all(
+            leaf.dtype == float_type
+            for leaf in jax.tree.leaves(eqx.filter(loaded.score, eqx.is_inexact_array))
+        )
+        log_p = np.asarray(loaded.log_prob(jax.numpy.asarray(x, float_type)), np.float64)
+    np.testing.assert_allclose(log_p, expected, atol=1e-3)

@@ -1,6 +1,7 @@
-"""Training loop shared by the MSGM and the SGM baseline.
+"""Training shared by the MSGM and the SGM baseline.
 
-`fit_network` optimises the inexact arrays of `net` against `loss(net, batch, key)`:
+:func:`train` trains the network of a built model (`MSGM.build`, `SGM.build`) on data: it asks the
+model for its loss and training arrays and runs :func:`fit_network`, which optimises the inexact arrays of `net` against `loss(net, batch, key)`:
 
 - minibatches of `batch_size` rows are drawn with replacement inside the compiled step, and
   `eval_every` steps run as one `lax.scan`, so Python is entered only between evaluations;
@@ -30,14 +31,16 @@ from tqdm import tqdm
 
 from msgm_pp._checks import check_key, check_positive_int
 from msgm_pp.devices import batch_sharding
+from msgm_pp.serialization import serializable
 
 
+@serializable
 class TrainingHistory(eqx.Module):
     """Losses recorded by `fit_network`.
 
     train_loss: the minibatch loss at every step taken. validation_loss, validation_step: the
     validation loss after each chunk (entry 0 is the initial network, at step 0). best_step: the
-    step whose parameters were kept. stop_reason: "steps", "early stopping", "non-finite loss" or
+    step whose parameters were kept. stop_reason: "max_steps", "early stopping", "non-finite loss" or
     "interrupted". settings: the training settings as (name, value) pairs (see `MSGM.fit`).
     """
 
@@ -47,6 +50,17 @@ class TrainingHistory(eqx.Module):
     best_step: int = eqx.field(static=True)
     stop_reason: str = eqx.field(static=True)
     settings: tuple[tuple[str, object], ...] = eqx.field(static=True, default=())
+
+
+class NetworkLoss(eqx.Module):
+    """(net, batch, key) -> `loss(score, batch, key)` with the network of `score` replaced by
+    `net`: the form :func:`fit_network` optimises."""
+
+    score: eqx.Module
+    loss: eqx.Module
+
+    def __call__(self, net, batch, key):
+        return self.loss(eqx.tree_at(lambda sc: sc.net, self.score, net), batch, key)
 
 
 def record_settings(history: TrainingHistory, **settings) -> TrainingHistory:
@@ -132,7 +146,7 @@ def fit_network(
     data,
     *,
     key,
-    steps: int = 5000,
+    max_steps: int = 5000,
     batch_size: int = 256,
     optimizer: optax.GradientTransformation | None = None,
     validation_fraction: float = 0.1,
@@ -148,7 +162,7 @@ def fit_network(
         loss: (net, batch, key) -> scalar, where batch is `data` restricted to some rows.
         data: a pytree of arrays sharing the leading axis (rows).
         key: a JAX PRNG key.
-        steps: maximum number of optimiser steps.
+        max_steps: maximum number of optimiser steps.
         batch_size: rows per step; with several JAX devices, a multiple of their number.
         optimizer: an optax transformation; `make_optimizer()` (Adam, lr 1e-3) by default.
         validation_fraction: share of rows held out for validation and early stopping.
@@ -161,7 +175,7 @@ def fit_network(
     Returns:
         (trained net, TrainingHistory).
     """
-    steps = check_positive_int(steps, "steps")
+    max_steps = check_positive_int(max_steps, "max_steps")
     batch_size = check_positive_int(batch_size, "batch_size")
     eval_every = check_positive_int(eval_every, "eval_every")
     if patience is not None:
@@ -185,12 +199,12 @@ def fit_network(
 
     best_params, best_step, best_value = params, 0, validate(params)
     validation_losses, validation_steps, train_losses = [best_value], [0], []
-    stop_reason, since_best, done = "steps", 0, 0
+    stop_reason, since_best, done = "max_steps", 0, 0
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = tqdm(total=steps, disable=not show, desc="training", leave=False)
+    bar = tqdm(total=max_steps, disable=not show, desc="training", leave=False)
     try:
-        while done < steps:
-            chunk = min(eval_every, steps - done)
+        while done < max_steps:
+            chunk = min(eval_every, max_steps - done)
             keys = jax.random.split(jax.random.fold_in(train_key, done), chunk)
             params, opt_state, finite_steps, values = _train_chunk(
                 params, static, opt_state, optimizer, loss, train_data, keys, batch_size, sharding
@@ -240,7 +254,7 @@ def fit_network(
         best_step=best_step,
         stop_reason=stop_reason,
         settings=(
-            ("steps", steps),
+            ("max_steps", max_steps),
             ("batch_size", batch_size),
             ("validation_fraction", validation_fraction),
             ("patience", patience),
@@ -248,3 +262,47 @@ def fit_network(
         ),
     )
     return eqx.combine(best_params, static), history
+
+
+def train(
+    model,
+    data,
+    *,
+    key,
+    loss=None,
+    max_steps: int = 5000,
+    batch_size: int = 256,
+    optimizer: optax.GradientTransformation | None = None,
+    validation_fraction: float = 0.1,
+    patience: int | None = 10,
+    eval_every: int = 250,
+    progress: bool | None = None,
+):
+    """Train the network of `model` (an MSGM or SGM, e.g. from `MSGM.build`) on `data`.
+
+    Args:
+        model: the model whose `score.net` is trained; its other parts are kept.
+        data: the training data, of shape (n,) + the model's event shape.
+        key: a JAX PRNG key; the same key gives the same parameters.
+        loss: the model's loss (a name or loss object; see `MSGM.fit`); its default when None.
+        optimizer: an optax transformation; Adam with learning rate 1e-3 when None.
+        max_steps, batch_size, validation_fraction, patience, eval_every, progress: see
+            :func:`fit_network`.
+
+    Returns:
+        The model with the trained network and its `TrainingHistory`.
+    """
+    net, history = fit_network(
+        model.score.net,
+        model.network_loss(loss),
+        model.training_data(data),
+        key=key,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        validation_fraction=validation_fraction,
+        patience=patience,
+        eval_every=eval_every,
+        progress=progress,
+    )
+    return model.with_network(net, history)

@@ -10,12 +10,12 @@ import pytest
 from scipy import stats
 
 import msgm_pp as mp
-from msgm_pp import generative
+from msgm_pp import score_based
 from msgm_pp.datasets import CorrelatedCauchy
 from msgm_pp.losses import perturb_directions
 
 D = 4
-BUDGET = dict(steps=1500, eval_every=250, progress=False)
+BUDGET = dict(max_steps=1500, eval_every=250, progress=False)
 
 
 def student_t(key, n, d, nu):
@@ -86,12 +86,12 @@ def test_cauchy_samples_learn_the_angular_structure(cauchy):
     assert mmd(samples, test) < 0.75 * mmd(uniform_directions, test)
 
 
-@pytest.mark.parametrize("sampler", ["sde", "ode"])
+@pytest.mark.parametrize("sampler", [mp.SDESampler(32), mp.ODESampler(32)])
 def test_sample_norms_follow_the_norm_model(cauchy, sampler):
     """Kolmogorov–Smirnov distance of log |x| to the norm model's CDF, at the 1% level."""
     _, _, model = cauchy
     n = 4000
-    x = model.draw(jax.random.key(3), (n,), sampler=sampler, steps=32)
+    x = model.with_options(sampler=sampler).sample(jax.random.key(3), (n,))
     log_r = np.sort(np.log(np.linalg.norm(np.asarray(x, dtype=np.float64), axis=1)))
     cdf = np.asarray(model.norm_model.cdf(jnp.asarray(log_r)), dtype=np.float64)
     upper = np.arange(1, n + 1) / n
@@ -110,7 +110,7 @@ def test_training_reduces_the_validation_loss(cauchy):
 
 def test_same_key_gives_identical_parameters_and_samples(cauchy):
     _, data, _ = cauchy
-    settings = dict(steps=40, eval_every=20, progress=False, noise="dense", loss="ssm")
+    settings = dict(max_steps=40, eval_every=20, progress=False, noise="dense", loss="ssm")
     first = mp.MSGM.fit(data[:500], key=jax.random.key(7), **settings)
     second = mp.MSGM.fit(data[:500], key=jax.random.key(7), **settings)
     leaves = jax.tree_util.tree_leaves(eqx.filter(first.score, eqx.is_array))
@@ -133,8 +133,8 @@ def test_distribution_keeps_its_network_through_jit(cauchy):
 
 def test_large_draws_are_made_in_chunks(cauchy, monkeypatch):
     _, _, model = cauchy
-    monkeypatch.setattr(generative, "_CHUNK_BUDGET", 40 * D)
-    x = model.draw(jax.random.key(0), (7, 15), steps=8)
+    monkeypatch.setattr(score_based, "_CHUNK_BUDGET", 40 * D)
+    x = model.with_options(sampler=mp.SDESampler(8)).sample(jax.random.key(0), (7, 15))
     assert x.shape == (7, 15, D)
     assert np.isfinite(np.asarray(x)).all()
     assert len({tuple(np.round(row, 6)) for row in np.asarray(x).reshape(-1, D)}) == 105
@@ -142,23 +142,28 @@ def test_large_draws_are_made_in_chunks(cauchy, monkeypatch):
 
 def test_lattice_fields_train_and_sample_with_the_convolutional_net():
     shape = (6, 6)
-    fields = jax.random.normal(jax.random.key(0), (256, 36))
-    fields = fields + jnp.roll(fields, 1, axis=1)  # neighbour correlations
+    fields = jax.random.normal(jax.random.key(0), (256, *shape))
+    fields = fields + jnp.roll(fields, 1, axis=2)  # neighbour correlations
     net = mp.LatticeScoreNet(shape, key=jax.random.key(3), channels=8, num_blocks=1)
     model = mp.MSGM.fit(
         fields,
         key=jax.random.key(1),
         noise=mp.LatticeNoise(shape),
         net=net,
-        steps=20,
+        max_steps=20,
         eval_every=20,
         batch_size=32,
         forward_steps=4,
         progress=False,
     )
     assert isinstance(model.score.net, mp.LatticeScoreNet) and model.history.train_loss.size == 20
-    x = model.draw(jax.random.key(2), (3,), steps=8)
-    assert x.shape == (3, 36) and np.isfinite(np.asarray(x)).all()
+    assert model.event_shape == shape
+    x = model.with_options(sampler=mp.SDESampler(8)).sample(jax.random.key(2), (3,))
+    assert x.shape == (3, *shape) and np.isfinite(np.asarray(x)).all()
+    log_p = model.with_options(density=mp.ODEDensity(4)).log_prob(x)
+    assert log_p.shape == (3,) and np.isfinite(np.asarray(log_p)).all()
+    flattened = mp.MSGM.build(fields.reshape(256, -1), key=jax.random.key(1), noise=model.noise)
+    assert flattened.event_shape == shape
 
 
 @pytest.mark.parametrize(
@@ -172,16 +177,16 @@ def test_lattice_fields_train_and_sample_with_the_convolutional_net():
     ],
 )
 def test_bad_options_are_refused(options, match):
-    data = jax.random.normal(jax.random.key(0), (50, D))
+    data = jax.random.normal(jax.random.key(0), (400, D))
     with pytest.raises(ValueError, match=match):
-        mp.MSGM.fit(data, key=jax.random.key(0), steps=1, progress=False, **options)
+        mp.MSGM.fit(data, key=jax.random.key(0), max_steps=1, progress=False, **options)
 
 
 def test_bad_data_rows_are_named():
     data = np.ones((20, D))
     data[[3, 7]] = 0.0
     with pytest.raises(ValueError, match=r"zero norm at indices \[3, 7\]"):
-        mp.MSGM.fit(data, key=jax.random.key(0), steps=1, progress=False)
+        mp.MSGM.fit(data, key=jax.random.key(0), max_steps=1, progress=False)
 
 
 def test_log_prob_of_isotropic_t_matches_the_analytic_density(isotropic_t):
@@ -199,3 +204,42 @@ def test_log_prob_survives_jit_of_a_function_returning_the_model(cauchy):
     np.testing.assert_allclose(
         jax.jit(lambda v: model.log_prob(v))(data[:8]), model.log_prob(data[:8]), atol=2e-5
     )
+
+
+def test_build_then_train_is_fit(cauchy):
+    """fit is build followed by train with the same key, and the parts are what build chose."""
+    _, data, _ = cauchy
+    settings = dict(max_steps=20, eval_every=10, progress=False)
+    key = jax.random.key(3)
+    fitted = mp.MSGM.fit(data[:400], key=key, **settings)
+    built = mp.MSGM.build(data[:400], key=key)
+    assert isinstance(built.noise, mp.IsotropicNoise) and built.history is None
+    trained = mp.train(built, data[:400], key=jax.random.split(key, 3)[2], **settings)
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter(fitted.score, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(trained.score, eqx.is_array)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_old_spellings_warn_and_still_work(cauchy):
+    _, data, model = cauchy
+    with pytest.warns(DeprecationWarning, match="max_steps"):
+        old = mp.MSGM.fit(
+            data[:200], key=jax.random.key(0), steps=10, eval_every=10, progress=False
+        )
+    assert old.history.train_loss.size == 10
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        changed = model.with_options(sampler="ode", sample_steps=16, log_prob_steps=8)
+    assert changed.sampler == mp.ODESampler(16) and changed.density.steps == 8
+    with pytest.warns(DeprecationWarning, match="draw is deprecated"):
+        x = model.draw(jax.random.key(0), (4,), sampler="ode", steps=16)
+    np.testing.assert_array_equal(x, changed.sample(jax.random.key(0), (4,)))
+    with pytest.warns(DeprecationWarning, match="log_density is deprecated"):
+        log_p = model.log_density(data[:4], steps=8)
+    np.testing.assert_array_equal(log_p, changed.log_prob(data[:4]))
+
+
+def test_samples_are_not_reparametrized(cauchy):
+    assert cauchy[2].has_rsample is False

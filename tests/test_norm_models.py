@@ -11,7 +11,7 @@ from scipy import stats
 from scipy.special import roots_legendre
 
 import msgm_pp as mp
-from msgm_pp.latent import EmpiricalNorm, KDEGPDNorm, KDENorm, fit_norm_model
+from msgm_pp.norm_models import EmpiricalNorm, KDEGPDNorm, KDENorm, fit_norm_model
 
 SMOOTH = ["kde", "kde+gpd"]
 ALL = ["empirical", *SMOOTH]
@@ -202,3 +202,13 @@ def test_constant_norms_are_refused_by_smooth_models():
     on_sphere = directions / np.linalg.norm(directions, axis=1, keepdims=True)
     with pytest.raises(ValueError, match="same norm"):
         fit_norm_model(on_sphere, "kde")
+
+
+def test_latent_log_prob_validates_its_argument(heavy_data):
+    d = heavy_data.shape[1]
+    latent = mp.Latent.fit(heavy_data, "kde")
+    checked = mp.Latent(latent.norm_model, d, validate_args=True)
+    point = jnp.zeros(d).at[0].set(jnp.nan)
+    with pytest.warns(UserWarning, match="Out-of-support"):
+        assert checked.log_prob(point) == -jnp.inf
+    assert latent.has_rsample is False

@@ -27,19 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.stats import norm as std_normal
 
-from msgm_pp._checks import check_key, check_points
-from msgm_pp.density import trace_probes, value_and_divergence
-from msgm_pp.generative import ScoreBasedDistribution, check_options, map_rows
-from msgm_pp.losses import NetworkLoss
+from msgm_pp._checks import check_key
+from msgm_pp.density import forward_times, integrate_log_density, irregular_log_prob
+from msgm_pp.heun import heun_step
 from msgm_pp.nets import TimeMLP
+from msgm_pp.samplers import SDESampler, reverse_times
 from msgm_pp.schedule import LinearSchedule
-from msgm_pp.train import (
-    TrainingHistory,
-    fit_network,
-    make_optimizer,
-    optimizer_settings,
-    record_settings,
-)
+from msgm_pp.score_based import ScoreBasedDistribution, fit_built, flat_points, split_training
+from msgm_pp.serialization import serializable
+from msgm_pp.training import NetworkLoss, TrainingHistory
 
 VP_LOSSES = ("dsm", "ssm")
 NORMALIZATIONS = ("standard", "robust", "none")
@@ -50,6 +46,7 @@ def vp_schedule(beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0) -
     return LinearSchedule(beta_min=beta_min, beta_max=beta_max, T=T)
 
 
+@serializable
 class VPScore(eqx.Module):
     """The SGM's score on normalised coordinates: s(x̃, t) = −net(x̃, t/T)/σ_t for one point."""
 
@@ -117,6 +114,7 @@ def vp_ssm_loss(score: VPScore, y0, key):
     return jnp.mean(jax.vmap(term)(y, t, v))
 
 
+@serializable
 class VPLoss(eqx.Module):
     """A VP-SDE loss (score, batch, key) -> scalar, compared by value so compiled training is reused."""
 
@@ -130,7 +128,7 @@ class VPLoss(eqx.Module):
         return (vp_dsm_loss if self.name == "dsm" else vp_ssm_loss)(score, batch, key)
 
 
-def normalisation(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def normalization_of(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-coordinate (loc, scale): mean and standard deviation ("standard", the paper's), median
     and interquartile range / 1.349 ("robust"), or (0, 1) ("none")."""
     if kind not in NORMALIZATIONS:
@@ -156,9 +154,8 @@ def _velocity(score: VPScore, y, t):
     return -0.5 * (y + score(y, t))
 
 
-def _reverse(score: VPScore, y_T, key, steps: int, method: str):
-    T, t_eps = score.schedule.T, score.t_eps
-    times = T - (T - t_eps) * jnp.arange(steps + 1, dtype=y_T.dtype) / steps
+def _reverse(score: VPScore, y_T, key, sampler):
+    times = reverse_times(score.schedule.T, score.t_eps, sampler.steps, y_T.dtype)
     score_at = jax.vmap(score, in_axes=(0, None))
     velocity = jax.vmap(_velocity, in_axes=(None, 0, None))
 
@@ -170,71 +167,35 @@ def _reverse(score: VPScore, y_T, key, steps: int, method: str):
 
     def ode(y, inputs):
         t, t_next, _ = inputs
-        d_tau = score.tau(t) - score.tau(t_next)
-        first = velocity(score, y, t)
-        guess = y - d_tau * first
-        return y - 0.5 * d_tau * (first + velocity(score, guess, t_next)), None
+        step_velocity = lambda point, time: velocity(score, point, time)
+        h = score.tau(t_next) - score.tau(t)
+        return heun_step(step_velocity, y, step_velocity(y, t), h, t_next), None
 
-    keys = jax.random.split(key, steps)
-    y, _ = jax.lax.scan(sde if method == "sde" else ode, y_T, (times[:-1], times[1:], keys))
+    keys = jax.random.split(key, sampler.steps)
+    body = sde if isinstance(sampler, SDESampler) else ode
+    y, _ = jax.lax.scan(body, y_T, (times[:-1], times[1:], keys))
     return y
 
 
-@eqx.filter_jit
-def _draw(score: VPScore, key, num_chunks: int, chunk_size: int, steps: int, method: str):
-    def one_chunk(chunk_key):
-        latent_key, reverse_key = jax.random.split(chunk_key)
-        y_T = jax.random.normal(latent_key, (chunk_size, score.dim))
-        return score.denormalise(_reverse(score, y_T, reverse_key, steps, method))
-
-    draws = jax.lax.map(one_chunk, jax.random.split(key, num_chunks))
-    return draws.reshape(-1, score.dim)
-
-
-def log_prob_point(score: VPScore, x, *, steps: int, trace: str, num_probes: int, key):
+def log_prob_point(score: VPScore, x, density, key):
     """log p_{t_ε}(x) for one point x (d,) by the probability-flow ODE; see the module docstring."""
     regular = jnp.all(jnp.isfinite(x))
     y0 = score.normalise(jnp.where(regular, x, score.loc))
-    T, t_eps = score.schedule.T, score.t_eps
-    times = t_eps + (T - t_eps) * jnp.arange(steps + 1, dtype=y0.dtype) / steps
-    probes = trace_probes(key, steps, num_probes, score.dim, trace, y0.dtype)
-
-    def velocity_and_divergence(y, t, step_probes):
-        return value_and_divergence(lambda p: _velocity(score, p, t), y, trace, step_probes)
-
-    def heun(carry, inputs):
-        y, f, div, t = carry
-        t_next, next_probes = inputs
-        d_tau = score.tau(t_next) - score.tau(t)
-        f_guess = _velocity(score, y + d_tau * f, t_next)
-        y_next = y + 0.5 * d_tau * (f + f_guess)
-        f_next, div_next = velocity_and_divergence(y_next, t_next, next_probes)
-        return (y_next, f_next, div_next, t_next), 0.5 * d_tau * (div + div_next)
-
-    f0, div0 = velocity_and_divergence(y0, times[0], probes[0])
-    (y_T, *_), increments = jax.lax.scan(heun, (y0, f0, div0, times[0]), (times[1:], probes[1:]))
-    log_p = jnp.sum(std_normal.logpdf(y_T)) + jnp.sum(increments) - jnp.sum(jnp.log(score.scale))
-    irregular = jnp.where(jnp.any(jnp.isnan(x)), jnp.nan, -jnp.inf)
-    return jnp.where(regular, log_p, irregular)
+    times = forward_times(score.t_eps, score.schedule.T, density.steps, y0.dtype)
+    probes = density.trace.probes(key, density.steps, score.dim, y0.dtype)
+    velocity = lambda y, t: _velocity(score, y, t)
+    y_T, divergence = integrate_log_density(velocity, y0, times, score.tau, density.trace, probes)
+    log_p = jnp.sum(std_normal.logpdf(y_T)) + divergence - jnp.sum(jnp.log(score.scale))
+    return jnp.where(regular, log_p, irregular_log_prob(x))
 
 
-@eqx.filter_jit
-def _log_density(score: VPScore, x, steps: int, trace: str, num_probes: int, key):
-    def one_point(point):
-        return log_prob_point(
-            score, point, steps=steps, trace=trace, num_probes=num_probes, key=key
-        )
-
-    return map_rows(one_point, x, score.dim)
-
-
+@serializable
 class SGM(ScoreBasedDistribution):
-    """A trained VP-SDE score-based model on R^d, with the same interface as :class:`MSGM`.
+    """A VP-SDE score-based model on R^d, with the same interface as :class:`MSGM`.
 
     `score` (network, schedule, normalisation) is a pytree data field and `history` holds the
-    training losses. The options `sampler`, `sample_steps`, `log_prob_steps`, `trace` and
-    `num_probes` mean what they mean for :class:`MSGM`. `log_prob` is −inf at infinite entries and
-    NaN for NaN entries.
+    training losses. The settings `sampler` and `density` mean what they mean for :class:`MSGM`.
+    `log_prob` is −inf at infinite entries and NaN for NaN entries.
     """
 
     pytree_data_fields = ("score", "history")
@@ -243,30 +204,79 @@ class SGM(ScoreBasedDistribution):
         self,
         score: VPScore,
         *,
-        sampler: str = "sde",
-        sample_steps: int = 128,
-        log_prob_steps: int = 64,
-        trace: str | None = None,
-        num_probes: int = 1,
+        sampler=None,
+        density=None,
         history: TrainingHistory | None = None,
         validate_args=None,
+        **deprecated,
     ):
         if not isinstance(score, VPScore):
             raise TypeError(f"`score` must be a msgm_pp VPScore, got {type(score).__name__}.")
         self.score = score
         self.history = history
-        self._set_options(
-            validate_args,
-            sampler=sampler,
-            sample_steps=sample_steps,
-            log_prob_steps=log_prob_steps,
-            trace=trace,
-            num_probes=num_probes,
-        )
+        self._init_settings(validate_args, sampler, density, deprecated)
 
     @property
-    def dim(self) -> int:
-        return self.score.dim
+    def _point_shape(self) -> tuple[int, ...]:
+        return (self.score.dim,)
+
+    @classmethod
+    def build(
+        cls,
+        data,
+        *,
+        key,
+        net=None,
+        schedule: LinearSchedule | None = None,
+        normalization: str = "robust",
+        t_eps: float = 1e-3,
+        sampler=None,
+        density=None,
+        **deprecated,
+    ) -> "SGM":
+        """An SGM for `data` with an untrained network; train it with :func:`msgm_pp.train`.
+
+        Args:
+            data: (n, d) array-like of finite rows.
+            key: a JAX PRNG key (for the network's initialisation).
+            net: a network ε(x̃, t); `TimeMLP` (3 × 128, swish) by default.
+            schedule: β(t); `vp_schedule()` (β ∈ [0.1, 20], T = 1) by default.
+            normalization: "robust" (median and interquartile range / 1.349; the default, which
+                heavy tails need), "standard" (mean and standard deviation, as in the paper) or
+                "none".
+            t_eps: the smallest diffusion time, where sampling stops.
+            sampler, density: the settings of `sample` and `log_prob`.
+        """
+        # Of split(key), the second key trains in SGM.fit: fit = build + train with one key.
+        net_key, _ = jax.random.split(check_key(key))
+        x = flat_points(data, None, allow_zero_rows=True)
+        loc, scale = normalization_of(np.asarray(x, np.float64), normalization)
+        score = VPScore(
+            net=TimeMLP(x.shape[1], key=net_key) if net is None else net,
+            schedule=vp_schedule() if schedule is None else schedule,
+            loc=jnp.asarray(loc, x.dtype),
+            scale=jnp.asarray(scale, x.dtype),
+            t_eps=float(t_eps),
+        )
+        return cls(score, sampler=sampler, density=density, **deprecated)
+
+    def training_data(self, data):
+        """The normalised points (n, d) that the losses take."""
+        return self.score.normalise(flat_points(data, self.event_shape, allow_zero_rows=True))
+
+    def loss(self, name="dsm") -> VPLoss:
+        """The VP-SDE loss `name`: "dsm" (default) or "ssm" (the paper's comparison)."""
+        return name if isinstance(name, VPLoss) else VPLoss("dsm" if name is None else name)
+
+    def network_loss(self, loss=None) -> NetworkLoss:
+        """(net, batch, key) -> the loss (a name or :meth:`loss` object) with network `net`."""
+        return NetworkLoss(self.score, self.loss(loss))
+
+    def with_network(self, net, history: TrainingHistory | None = None) -> "SGM":
+        """This model with the network `net` (and the `history` that trained it)."""
+        score = eqx.tree_at(lambda sc: sc.net, self.score, net)
+        arguments = {**self.constructor_arguments(), "score": score, "history": history}
+        return type(self)(**arguments, validate_args=self._validate_args)
 
     @classmethod
     def fit(
@@ -277,8 +287,8 @@ class SGM(ScoreBasedDistribution):
         loss: str = "dsm",
         net=None,
         schedule: LinearSchedule | None = None,
-        normalization: str = "standard",
-        steps: int = 5000,
+        normalization: str = "robust",
+        max_steps: int = 5000,
         batch_size: int = 256,
         learning_rate=1e-3,
         clip_norm: float | None = None,
@@ -287,68 +297,62 @@ class SGM(ScoreBasedDistribution):
         patience: int | None = 10,
         eval_every: int = 250,
         t_eps: float = 1e-3,
-        sampler: str = "sde",
-        sample_steps: int = 128,
-        log_prob_steps: int = 64,
-        trace: str | None = None,
-        num_probes: int = 1,
+        sampler=None,
+        density=None,
         progress: bool | None = None,
+        **deprecated,
     ) -> "SGM":
-        """Normalise the data per coordinate and train the VP-SDE score on data of shape (n, d).
+        """Build an SGM for `data` and train its network: :meth:`build`, then :func:`msgm_pp.train`.
 
         Args:
-            data: (n, d) array-like of finite rows.
-            key: a JAX PRNG key; the same key gives the same model.
+            data, key, net, schedule, normalization, t_eps, sampler, density: see :meth:`build`.
             loss: "dsm" (default) or "ssm" (the paper's comparison).
-            net: a network ε(x̃, t); `TimeMLP` (3 × 128, swish) by default.
-            schedule: β(t); `vp_schedule()` (β ∈ [0.1, 20], T = 1) by default.
-            normalization: "standard" (mean and standard deviation, as in the paper), "robust"
-                (median and interquartile range) or "none".
-            t_eps: the smallest diffusion time, where sampling stops.
             The other arguments are those of :meth:`MSGM.fit`.
 
         Returns:
-            The trained SGM; its `history` holds the losses.
+            The trained SGM; its `history` holds the losses and the settings.
         """
-        key = check_key(key)
-        x = check_points(data, "data", allow_zero_rows=True)
-        dim = x.shape[1]
-        options = check_options(dim, sampler, sample_steps, log_prob_steps, trace, num_probes)
-        loss_fn = VPLoss(loss)
-        loc, scale = normalisation(np.asarray(x, np.float64), normalization)
-        net_key, train_key = jax.random.split(key)
-        score = VPScore(
-            net=TimeMLP(dim, key=net_key) if net is None else net,
-            schedule=vp_schedule() if schedule is None else schedule,
-            loc=jnp.asarray(loc, x.dtype),
-            scale=jnp.asarray(scale, x.dtype),
-            t_eps=float(t_eps),
-        )
-        trained_net, history = fit_network(
-            score.net,
-            NetworkLoss(score, loss_fn),
-            score.normalise(x),
-            key=train_key,
-            steps=steps,
-            batch_size=batch_size,
-            optimizer=make_optimizer(learning_rate, clip_norm) if optimizer is None else optimizer,
-            validation_fraction=validation_fraction,
-            patience=patience,
-            eval_every=eval_every,
-            progress=progress,
-        )
-        history = record_settings(
-            history,
-            loss=loss,
-            net="TimeMLP" if net is None else "custom",
+        deprecated, training = split_training(deprecated, max_steps)
+        model = cls.build(
+            data,
+            key=key,
+            net=net,
+            schedule=schedule,
             normalization=normalization,
-            **optimizer_settings(learning_rate, clip_norm, optimizer),
-            t_eps=float(t_eps),
+            t_eps=t_eps,
+            sampler=sampler,
+            density=density,
+            **deprecated,
         )
-        return cls(eqx.tree_at(lambda s: s.net, score, trained_net), history=history, **options)
+        loss = model.loss(loss)
+        return fit_built(
+            model,
+            data,
+            key=jax.random.split(check_key(key))[1],
+            loss=loss,
+            learning_rate=learning_rate,
+            clip_norm=clip_norm,
+            optimizer=optimizer,
+            training=dict(
+                training,
+                batch_size=batch_size,
+                validation_fraction=validation_fraction,
+                patience=patience,
+                eval_every=eval_every,
+                progress=progress,
+            ),
+            settings=dict(
+                loss=loss.name,
+                net="TimeMLP" if net is None else "custom",
+                normalization=normalization,
+                t_eps=float(t_eps),
+            ),
+        )
 
-    def _draw_chunks(self, key, num_chunks, chunk_size, steps, sampler):
-        return _draw(self.score, key, num_chunks, chunk_size, steps, sampler)
+    def _draw_chunk(self, key, chunk_size: int):
+        latent_key, reverse_key = jax.random.split(key)
+        y_T = jax.random.normal(latent_key, (chunk_size, self.dim))
+        return self.score.denormalise(_reverse(self.score, y_T, reverse_key, self.sampler))
 
-    def _log_density_rows(self, x, steps, trace, num_probes, key):
-        return _log_density(self.score, x, steps, trace, num_probes, key)
+    def _log_prob_point(self, x, key):
+        return log_prob_point(self.score, x, self.density, key)

@@ -1,0 +1,317 @@
+r"""`ScoreBasedDistribution`: what the MSGM and the SGM baseline share as NumPyro distributions.
+
+Both are single distributions (batch_shape ()) whose samples come from a reverse-time sampler and
+whose `log_prob` integrates a probability-flow ODE. Their event shape is (d,) for vectors and the
+field's shape (h, w) for a lattice model. This base class holds what does not depend on the forward
+process:
+
+- the settings `sampler` (:class:`~msgm_pp.SDESampler` or :class:`~msgm_pp.ODESampler`) and
+  `density` (:class:`~msgm_pp.ODEDensity`), changed with :meth:`ScoreBasedDistribution.with_options`;
+- drawing in compiled chunks of bounded memory, and evaluating log p for any batch shape in
+  vectorised chunks;
+- pytree flattening that keeps only arrays as leaves, so a model passes through jit and vmap;
+- saving (:mod:`msgm_pp.serialization`).
+
+A subclass declares its `pytree_data_fields` (the model parts, then "history"), its `event_shape`
+through `_point_shape`, and two single-chunk and single-point kernels: `_draw_chunk(key, n)`,
+which returns n flat draws (n, d), and `_log_prob_point(x, key)` for one flat point x (d,).
+"""
+
+import math
+import warnings
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+from numpyro.distributions.util import validate_sample
+
+from msgm_pp._checks import check_key, check_points, check_positive_int, warn_deprecated
+from msgm_pp.density import ExactTrace, HutchinsonTrace, ODEDensity, check_density
+from msgm_pp.samplers import ODESampler, SDESampler, check_sampler
+from msgm_pp.serialization import save
+from msgm_pp.training import make_optimizer, optimizer_settings, record_settings, train
+
+_CHUNK_BUDGET = 2**18  # sample rows × d per compiled chunk: bounded memory for any n
+_DENSITY_CHUNK_BUDGET = 2**16  # log_prob rows × d per vectorised chunk
+_LEGACY_OPTIONS = ("sample_steps", "log_prob_steps", "trace", "num_probes")
+
+
+def _legacy_settings(sampler, density, options: dict):
+    """(sampler, density) from the 0.1 spellings: sampler "sde"/"ode", sample_steps,
+    log_prob_steps, trace "exact"/"hutchinson" and num_probes."""
+    unknown = sorted(set(options) - set(_LEGACY_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; the options are 'sampler' and 'density'.")
+    if isinstance(sampler, str) or "sample_steps" in options:
+        kinds = {"sde": SDESampler, "ode": ODESampler}
+        if isinstance(sampler, str) and sampler not in kinds:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(kinds)}.")
+        kind = kinds[sampler] if isinstance(sampler, str) else type(sampler or SDESampler())
+        steps = sampler.steps if isinstance(sampler, SDESampler | ODESampler) else 128
+        sampler = kind(check_positive_int(options.get("sample_steps", steps), "sample_steps"))
+    if any(name in options for name in ("log_prob_steps", "trace", "num_probes")):
+        density = ODEDensity() if density is None else density
+        trace = options.get("trace")
+        num_probes = options.get("num_probes", 1)
+        if trace not in (None, "exact", "hutchinson"):
+            raise ValueError(f"unknown trace estimator {trace!r}; choose 'exact' or 'hutchinson'.")
+        if trace == "hutchinson" or (trace is None and "num_probes" in options):
+            density_trace = HutchinsonTrace(check_positive_int(num_probes, "num_probes"))
+        elif trace == "exact":
+            density_trace = ExactTrace()
+        else:
+            density_trace = density.trace
+        steps = options.get("log_prob_steps", density.steps)
+        density = ODEDensity(check_positive_int(steps, "log_prob_steps"), density_trace)
+    return sampler, density
+
+
+def resolve_settings(sampler, density, options: dict, *, warn: bool = True):
+    """The `sampler` and `density` settings, accepting the 0.1 spellings with a DeprecationWarning."""
+    if options or isinstance(sampler, str):
+        if warn:
+            warn_deprecated(
+                "the options sampler='sde'/'ode', sample_steps, log_prob_steps, trace and "
+                "num_probes are deprecated: pass sampler=mp.SDESampler(steps) or "
+                "mp.ODESampler(steps), and density=mp.ODEDensity(steps, trace)."
+            )
+        sampler, density = _legacy_settings(sampler, density, options)
+    sampler = SDESampler() if sampler is None else check_sampler(sampler)
+    density = ODEDensity() if density is None else check_density(density)
+    return sampler, density
+
+
+def flat_points(data, event_shape, *, allow_zero_rows: bool = False):
+    """`data` as checked flat points (n, d): rows of shape `event_shape` (any (n, d) when None), or
+    already flattened fields (n, d)."""
+    x = data if hasattr(data, "shape") else np.asarray(data, dtype=float)
+    if event_shape is not None and len(event_shape) > 1 and x.shape[1:] == tuple(event_shape):
+        x = x.reshape(x.shape[0], -1)
+    dim = None if event_shape is None else math.prod(event_shape)
+    return check_points(x, "data", dim=dim, allow_zero_rows=allow_zero_rows)
+
+
+def split_training(options: dict, max_steps: int):
+    """(the other options, {"max_steps": ...}), accepting the 0.1 keyword `steps` with a warning."""
+    options = dict(options)
+    if "steps" in options:
+        warn_deprecated(
+            "fit(steps=...) is deprecated: the number of training steps is now max_steps."
+        )
+        max_steps = options.pop("steps")
+    return options, {"max_steps": max_steps}
+
+
+def fit_built(model, data, *, key, loss, learning_rate, clip_norm, optimizer, training, settings):
+    """What `MSGM.fit` and `SGM.fit` do after `build`: train with the default Adam unless an
+    optimizer is given, and record the settings in the history."""
+    trained = train(
+        model,
+        data,
+        key=key,
+        loss=loss,
+        optimizer=make_optimizer(learning_rate, clip_norm) if optimizer is None else optimizer,
+        **training,
+    )
+    history = record_settings(
+        trained.history, **settings, **optimizer_settings(learning_rate, clip_norm, optimizer)
+    )
+    return trained.with_network(trained.score.net, history)
+
+
+@eqx.filter_jit
+def _draw_chunks(model, key, num_chunks: int, chunk_size: int):
+    draws = jax.lax.map(
+        lambda k: model._draw_chunk(k, chunk_size), jax.random.split(key, num_chunks)
+    )
+    return draws.reshape(-1, model.dim)
+
+
+@eqx.filter_jit
+def _log_prob_rows(model, x, key):
+    """log p of the rows of x (n, d), vmapped in chunks of 2^16/d rows."""
+
+    def one_point(point):
+        return model._log_prob_point(point, key)
+
+    chunk_size = max(1, _DENSITY_CHUNK_BUDGET // model.dim)
+    if x.shape[0] <= chunk_size:
+        return jax.vmap(one_point)(x)
+    return jax.lax.map(one_point, x, batch_size=chunk_size)
+
+
+class ScoreBasedDistribution(dist.Distribution):
+    """Base class of :class:`msgm_pp.MSGM` and :class:`msgm_pp.SGM`; see the module docstring."""
+
+    arg_constraints: ClassVar[dict] = {}
+    pytree_aux_fields = ("sampler", "density")
+    saved_as_model: ClassVar[bool] = True
+
+    def _init_settings(self, validate_args, sampler, density, options: dict) -> None:
+        sampler, density = resolve_settings(sampler, density, options, warn=True)
+        self.sampler = sampler
+        self.density = density.for_dim(self.dim)
+        super().__init__(batch_shape=(), event_shape=self._point_shape, validate_args=validate_args)
+
+    @property
+    def _point_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        """d, the number of coordinates of one point."""
+        return math.prod(self._point_shape)
+
+    @property
+    def support(self):
+        if len(self.event_shape) == 1:
+            return constraints.real_vector
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    @property
+    def has_rsample(self) -> bool:
+        return False
+
+    @property
+    def options(self) -> dict:
+        """The settings of `sample` and `log_prob`: {"sampler": ..., "density": ...}."""
+        return {"sampler": self.sampler, "density": self.density}
+
+    def constructor_arguments(self) -> dict:
+        """The keyword arguments that rebuild this model (its parts and settings)."""
+        parts = {name: getattr(self, name) for name in self.pytree_data_fields}
+        return {**parts, **self.options}
+
+    def with_options(self, *, sampler=None, density=None, **deprecated):
+        """A copy with other settings, e.g. `model.with_options(sampler=mp.ODESampler(64))` or
+        `model.with_options(density=mp.ODEDensity(steps=16))`."""
+        sampler, density = resolve_settings(
+            self.sampler if sampler is None else sampler,
+            self.density if density is None else density,
+            deprecated,
+        )
+        arguments = {**self.constructor_arguments(), "sampler": sampler, "density": density}
+        return type(self)(**arguments, validate_args=self._validate_args)
+
+    @classmethod
+    def options_from_format_2(cls, options: dict) -> dict:
+        """Settings saved by msgm_pp 0.1 (model format 1 and 2) in today's form."""
+        legacy = dict(options)
+        sampler = legacy.pop("sampler", "sde")
+        sampler, density = resolve_settings(sampler, None, legacy, warn=False)
+        return {"sampler": sampler, "density": density}
+
+    @classmethod
+    def infer_shapes(cls, score=None, *args, **kwargs):
+        """((), event_shape): a single distribution whose event shape comes from its score.
+
+        `score` may be the score module or its `jax.eval_shape` structure."""
+        if score is None or not hasattr(score, "dim"):
+            raise ValueError(
+                f"{cls.__name__}.infer_shapes needs the score (the module or its jax.eval_shape "
+                "structure): the event shape comes from its network, not from array shapes."
+            )
+        return (), tuple(getattr(getattr(score, "noise", None), "event_shape", (score.dim,)))
+
+    def tree_flatten(self):
+        # Only arrays become leaves; activations and other static parts of the network travel in
+        # the tree definition, so the distribution passes through jax.jit and jax.vmap.
+        fields, aux = super().tree_flatten()
+        dynamic, static = eqx.partition(fields, eqx.is_array)
+        return dynamic, (aux, static)
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, params):
+        aux, static = aux_data
+        return super().tree_unflatten(aux, eqx.combine(params, static))
+
+    def save(self, path) -> None:
+        """Write the model to `path` (no pickle; atomic). Read it back with :func:`msgm_pp.load`."""
+        save(self, path)
+
+    def sample(self, key, sample_shape=()):
+        """Draws of shape sample_shape + event_shape from the model's `sampler`.
+
+        Draws are made in chunks of at most 2^18 / d points inside one compiled loop, so memory
+        stays bounded for any number of samples.
+        """
+        key = check_key(key)
+        shape = tuple(sample_shape) + self.batch_shape
+        n = math.prod(shape)
+        if n == 0:
+            return jnp.zeros((*shape, *self.event_shape))
+        chunk_size = max(1, min(n, _CHUNK_BUDGET // self.dim))
+        x = _draw_chunks(self, key, math.ceil(n / chunk_size), chunk_size)
+        return x[:n].reshape((*shape, *self.event_shape))
+
+    def log_prob(self, value):
+        """log p(x) for x of shape batch + event_shape, by the model's `density` settings.
+
+        It is −inf at x = 0 and differentiable in x. Non-finite entries are outside the support:
+        with argument validation on (NumPyro's default) they give −inf and a warning; with
+        `validate_args=False`, −inf for infinite and NaN for NaN entries.
+        """
+        x = self._as_points(value)
+        if x.size == 0:
+            return jnp.zeros(x.shape[: x.ndim - len(self.event_shape)], x.dtype)
+        return self._validated_log_prob(x)
+
+    @validate_sample
+    def _validated_log_prob(self, value):
+        return self._log_prob(value, self.density.probe_key())
+
+    def _as_points(self, value):
+        x = jnp.asarray(value)
+        event_ndim = len(self.event_shape)
+        if x.ndim < event_ndim or x.shape[x.ndim - event_ndim :] != self.event_shape:
+            raise ValueError(
+                f"`value` must have shape (..., {', '.join(map(str, self.event_shape))}) for this "
+                f"model, got shape {x.shape}."
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            x = x.astype(jnp.result_type(float))
+        return x
+
+    def _log_prob(self, value, key):
+        x = self._as_points(value)
+        batch = x.shape[: x.ndim - len(self.event_shape)]
+        rows = x.reshape(math.prod(batch), self.dim)
+        if rows.shape[0] == 0:
+            return jnp.zeros(batch, x.dtype)
+        return _log_prob_rows(self, rows, key).reshape(batch)
+
+    def draw(self, key, sample_shape=(), *, steps: int | None = None, sampler=None):
+        """Deprecated: use `model.with_options(sampler=...).sample(key, shape)`."""
+        warn_deprecated(
+            "draw is deprecated: use model.with_options(sampler=mp.SDESampler(steps)).sample(...)."
+        )
+        options = {} if steps is None else {"sample_steps": steps}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = self.with_options(sampler=sampler, **options)
+        return model.sample(key, sample_shape)
+
+    def log_density(self, value, *, steps=None, trace=None, num_probes=None, key=None):
+        """Deprecated: use `model.with_options(density=mp.ODEDensity(...)).log_prob(x)`."""
+        warn_deprecated(
+            "log_density is deprecated: use "
+            "model.with_options(density=mp.ODEDensity(steps, trace)).log_prob(x)."
+        )
+        given = {"log_prob_steps": steps, "trace": trace, "num_probes": num_probes}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = self.with_options(**{k: v for k, v in given.items() if v is not None})
+        key = model.density.probe_key() if key is None else check_key(key)
+        return model._log_prob(value, key)
+
+    def _draw_chunk(self, key, chunk_size: int):
+        """chunk_size flat draws, shape (chunk_size, d)."""
+        raise NotImplementedError
+
+    def _log_prob_point(self, x, key):
+        """log p of one flat point x of shape (d,)."""
+        raise NotImplementedError
