@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from msgm_pp._checks import check_dim, check_key, check_positive_int
-from msgm_pp.serialization import serializable
+from msgm_pp.serialization import config_int, config_shape, serializable
 
 # Activations a saved network may name; a network with any other activation is saved as custom.
 ACTIVATIONS = {
@@ -72,11 +72,11 @@ class _MLPConfig:
     @classmethod
     def from_config(cls, config: dict):
         return cls(
-            config["dim"],
+            config_int(config, "dim", 2**20),
             key=jax.random.key(0),
-            width=config["width"],
-            depth=config["depth"],
-            num_frequencies=config["num_frequencies"],
+            width=config_int(config, "width", 2**14),
+            depth=config_int(config, "depth", 64),
+            num_frequencies=config_int(config, "num_frequencies", 64),
             activation=ACTIVATIONS[config["activation"]],
         )
 
@@ -220,12 +220,12 @@ class LatticeScoreNet(eqx.Module):
     @classmethod
     def from_config(cls, config: dict) -> "LatticeScoreNet":
         return cls(
-            tuple(config["shape"]),
+            config_shape(config),
             key=jax.random.key(0),
-            channels=config["channels"],
-            num_blocks=config["num_blocks"],
-            kernel_size=config["kernel_size"],
-            num_frequencies=config["num_frequencies"],
+            channels=config_int(config, "channels", 1024),
+            num_blocks=config_int(config, "num_blocks", 64),
+            kernel_size=config_int(config, "kernel_size", 31),
+            num_frequencies=config_int(config, "num_frequencies", 64),
         )
 
     def __call__(self, u, z, t):

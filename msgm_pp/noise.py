@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msgm_pp._checks import check_dim, check_key, describe_indices
-from msgm_pp.serialization import serializable
+from msgm_pp.serialization import config_int, config_shape, serializable
 from msgm_pp.sphere import project_tangent, sphere_exp
 
 # The contractions are exact rotations' building blocks: TF32 (the default on some GPUs) would
@@ -139,7 +139,7 @@ class IsotropicNoise(AbstractNoise):
 
     @classmethod
     def from_config(cls, config: dict) -> "IsotropicNoise":
-        return cls(config["dim"])
+        return cls(config_int(config, "dim", 2**20))
 
     @property
     def num_generators(self) -> int:
@@ -333,7 +333,7 @@ class DenseNoise(AbstractTensorNoise):
 
     @classmethod
     def from_config(cls, config: dict) -> "DenseNoise":
-        return cls(config["dim"], key=jax.random.key(0))
+        return cls(config_int(config, "dim", 1024), key=jax.random.key(0))
 
 
 @serializable
@@ -374,7 +374,7 @@ class LatticeNoise(AbstractNoise):
 
     @classmethod
     def from_config(cls, config: dict) -> "LatticeNoise":
-        return cls(tuple(config["shape"]))
+        return cls(config_shape(config))
 
     @property
     def event_shape(self) -> tuple[int, ...]:

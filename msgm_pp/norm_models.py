@@ -28,10 +28,23 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_ndtr, logsumexp, ndtr
 
-from msgm_pp._checks import check_points
+from msgm_pp._checks import check_points, is_concrete
 from msgm_pp.serialization import serializable
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _require(valid, what: str) -> None:
+    if not bool(np.all(np.asarray(valid))):
+        raise ValueError(f"a norm model needs {what}.")
+
+
+def _finite(*arrays) -> bool:
+    return all(bool(np.isfinite(np.asarray(a)).all()) for a in arrays)
+
+
+def _increasing(values) -> bool:
+    return bool((np.diff(np.asarray(values)) >= 0).all())
 
 
 class AbstractNormModel(eqx.Module):
@@ -56,6 +69,18 @@ class EmpiricalNorm(AbstractNormModel):
 
     knots: jax.Array
     levels: jax.Array
+
+    def __check_init__(self):
+        if not is_concrete(self.knots):
+            return
+        _require(np.ndim(self.knots) == 1 and np.size(self.knots) >= 2, "at least 2 knots")
+        _require(np.shape(self.levels) == np.shape(self.knots), "one level per knot")
+        _require(_finite(self.knots, self.levels), "finite knots and levels")
+        _require(_increasing(self.knots), "nondecreasing knots")
+        _require(_increasing(self.levels), "nondecreasing levels")
+        _require(
+            (np.asarray(self.levels) >= 0) & (np.asarray(self.levels) <= 1), "levels in [0, 1]"
+        )
 
     @classmethod
     def fit(cls, log_norms) -> "EmpiricalNorm":
@@ -121,6 +146,21 @@ class KDENorm(AbstractNormModel):
     log_density: jax.Array
     score: jax.Array
     cdf_values: jax.Array
+
+    def __check_init__(self):
+        if not is_concrete(self.bandwidth):
+            return
+        on_grid = (self.bin_cdf, self.log_density, self.score, self.cdf_values)
+        _require(
+            _finite(self.bandwidth, self.grid_start, self.grid_step, *on_grid), "finite values"
+        )
+        _require(
+            (np.asarray(self.bandwidth) > 0) & (np.asarray(self.grid_step) > 0),
+            "a positive bandwidth and grid step",
+        )
+        _require(np.ndim(self.bin_cdf) == 1 and np.size(self.bin_cdf) >= 2, "a grid of >= 2 points")
+        _require(all(np.shape(a) == np.shape(self.bin_cdf) for a in on_grid), "equal grid arrays")
+        _require(_increasing(self.bin_cdf) and _increasing(self.cdf_values), "nondecreasing CDFs")
 
     @classmethod
     def fit(cls, log_norms, bandwidth: float | None = None, max_grid: int = 8192) -> "KDENorm":
@@ -208,6 +248,26 @@ class KDEGPDNorm(AbstractNormModel):
     scale_sigma: jax.Array
     body_cdf_at_threshold: jax.Array
     truncated_bin_cdf: jax.Array
+
+    def __check_init__(self):
+        if not is_concrete(self.tail_mass):
+            return
+        scalars = (self.log_threshold, self.tail_mass, self.shape_xi, self.scale_sigma)
+        _require(
+            _finite(*scalars, self.body_cdf_at_threshold, self.truncated_bin_cdf), "finite values"
+        )
+        _require(
+            (np.asarray(self.tail_mass) > 0) & (np.asarray(self.tail_mass) < 1),
+            "a tail mass in (0, 1)",
+        )
+        _require(
+            (np.asarray(self.shape_xi) >= 0) & (np.asarray(self.scale_sigma) > 0),
+            "a tail shape >= 0 and a positive tail scale",
+        )
+        _require(
+            np.shape(self.truncated_bin_cdf) == np.shape(self.body.bin_cdf),
+            "the truncated CDF on the body's grid",
+        )
 
     @classmethod
     def fit(

@@ -13,7 +13,12 @@ array. Every part of a model describes itself and is put on the allow-list by th
   and needs a skeleton of the same structure at load time (`load(path, net=...)`).
 
 Loading looks classes up on the allow-list only, reads arrays with `allow_pickle=False`, and runs
-no code from the file. Zip CRC-32 checksums catch corrupted bytes, and a truncated file has no
+no code from the file. It allocates nothing that the file does not justify: the description is at
+most 1 MiB and 64 levels deep; the archive declares at most 4 GiB of arrays, and no entry above
+1 MiB inflates more than 200-fold; each `.npy` header is read first, and an array is read only if
+its declared shape fits its bytes and, for parts rebuilt from a config, matches the shape that the
+config implies (computed abstractly, with `equinox.filter_eval_shape`); config values are bounded
+by the part that reads them (:func:`config_int`). Zip CRC-32 checksums catch corrupted bytes, and a truncated file has no
 central directory, so both are refused with a ValueError, as are files of another format or of a
 newer format version. `save` writes to a temporary file in the target directory and renames it into
 place, so an error or a crash in the middle of a save leaves any previous file intact.
@@ -22,6 +27,7 @@ place, so an error or a crash in the middle of a save leaves any previous file i
 import dataclasses
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -38,6 +44,11 @@ FORMAT = "msgm_pp.model"
 FORMAT_VERSION = 3  # 2 added the SGM, 3 the sampler and density objects in the options
 _CORRUPT_ENTRY = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
 _DESCRIPTION = "model.json"
+_MAX_DESCRIPTION_BYTES = 2**20
+_MAX_NESTING = 64
+_MAX_TOTAL_BYTES = 2**32
+_MAX_RATIO = 200
+_RATIO_CHECKED_ABOVE = 2**20
 _ALLOWED: dict[str, type] = {}
 
 
@@ -47,6 +58,22 @@ def serializable(cls: type) -> type:
     if known is not cls:
         raise RuntimeError(f"two serializable classes are named {cls.__name__}.")
     return cls
+
+
+def config_int(config: dict, name: str, maximum: int) -> int:
+    """`config[name]` checked to be an int in [1, maximum] (a bound on what loading allocates)."""
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ValueError(f"{name} = {value!r:.40} is not an int in [1, {maximum}]")
+    return value
+
+
+def config_shape(config: dict, max_side: int = 2**14) -> tuple[int, ...]:
+    """A saved ring or grid shape, checked before anything of that size is built."""
+    shape = config["shape"]
+    if not isinstance(shape, list) or len(shape) not in (1, 2):
+        raise ValueError(f"shape = {shape!r:.40} is not a list of one or two sides")
+    return tuple(config_int({"side": side}, "side", max_side) for side in shape)
 
 
 def constructor_arguments(value) -> dict:
@@ -138,12 +165,41 @@ def save(model, path) -> None:
         raise
 
 
+def _nesting(value) -> int:
+    """How deeply lists and dicts nest in a parsed JSON value (without recursion)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 class _Reader:
     def __init__(self, archive: zipfile.ZipFile, path: str, net):
         self.archive, self.path, self.net = archive, path, net
 
     def fail(self, reason: str):
         return ValueError(f"{self.path} is not a valid msgm_pp model file: {reason}")
+
+    def description(self) -> dict:
+        try:
+            info = self.archive.getinfo(_DESCRIPTION)
+        except KeyError:
+            raise self.fail(f"the entry {_DESCRIPTION} is missing.") from None
+        if info.file_size > _MAX_DESCRIPTION_BYTES:
+            raise self.fail(f"{_DESCRIPTION} has {info.file_size} bytes, over the 1 MiB limit.")
+        try:
+            description = json.loads(self.read(_DESCRIPTION))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise self.fail(f"{_DESCRIPTION} is not JSON ({error}).") from None
+        except RecursionError:
+            raise self.fail(f"{_DESCRIPTION} is nested too deeply.") from None
+        if _nesting(description) > _MAX_NESTING:
+            raise self.fail(f"{_DESCRIPTION} is nested more than {_MAX_NESTING} levels deep.")
+        return description
 
     def read(self, name: str) -> bytes:
         try:
@@ -153,38 +209,87 @@ class _Reader:
         except _CORRUPT_ENTRY as error:
             raise self.fail(f"the entry {name} is corrupt ({error}).") from None
 
-    def array(self, spec) -> jax.Array:
+    def check_sizes(self) -> None:
+        """Refuse archives that declare more than 4 GiB, or entries that inflate too much."""
+        infos = self.archive.infolist()
+        total = sum(info.file_size for info in infos)
+        if total > _MAX_TOTAL_BYTES:
+            raise self.fail(f"its entries declare {total} bytes in all, over the 4 GiB limit.")
+        for info in infos:
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size > _RATIO_CHECKED_ABOVE and ratio > _MAX_RATIO:
+                raise self.fail(
+                    f"the entry {info.filename} inflates {ratio:.0f}-fold ({info.compress_size} to "
+                    f"{info.file_size} bytes), over the limit of {_MAX_RATIO}."
+                )
+
+    def array(self, spec, expected=None) -> jax.Array:
+        """The array `spec` points to; with `expected` (a jax.ShapeDtypeStruct) its shape must be
+        that one, which is checked from the header before the data are read."""
         index = spec.get("array") if isinstance(spec, dict) else None
-        if not isinstance(index, int):
-            raise self.fail(f"expected an array reference, found {spec!r}.")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise self.fail(f"expected an array reference, found {spec!r:.80}.")
         name = f"arrays/{index}.npy"
-        data = self.read(name)
         try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as error:
-            raise self.fail(f"the entry {name} is not a plain numeric array ({error}).") from None
-        if array.dtype.kind not in "biuf":
-            raise self.fail(f"the entry {name} has unsupported dtype {array.dtype}.")
+            info = self.archive.getinfo(name)
+        except KeyError:
+            raise self.fail(f"the entry {name} is missing.") from None
+        try:
+            with self.archive.open(info) as stream:
+                shape, dtype = self.header(stream, name)
+                if expected is not None and shape != expected.shape:
+                    raise self.fail(
+                        f"{name} has shape {shape}, but its part needs {expected.shape}."
+                    )
+                size = math.prod(shape) * dtype.itemsize
+                if size != info.file_size - stream.tell():
+                    raise self.fail(
+                        f"{name} declares shape {shape} ({size} bytes) but holds "
+                        f"{info.file_size - stream.tell()} bytes."
+                    )
+                data = stream.read(size)
+                stream.read(1)  # reach the end, where the CRC is checked
+        except _CORRUPT_ENTRY as error:
+            raise self.fail(f"the entry {name} is corrupt ({error}).") from None
+        array = np.frombuffer(data, dtype).reshape(shape)
         if array.dtype.kind == "f":
             # A model saved with or without x64 loads in either mode, in the current float type.
             return jnp.asarray(array, dtype=jnp.result_type(float))
         return jnp.asarray(array)
 
+    def header(self, stream, name: str):
+        """(shape, dtype) from the .npy header; only plain numeric C-order arrays are accepted."""
+        readers = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }
+        try:
+            version = np.lib.format.read_magic(stream)
+            shape, fortran_order, dtype = readers[version](stream)
+        except (KeyError, ValueError, SyntaxError, TypeError) as error:
+            raise self.fail(f"the entry {name} is not a plain numeric array ({error}).") from None
+        if dtype.kind not in "biuf" or dtype.hasobject:
+            raise self.fail(f"the entry {name} has unsupported dtype {dtype}.")
+        if fortran_order:
+            raise self.fail(f"the entry {name} is in Fortran order; msgm_pp writes C order.")
+        return tuple(shape), dtype
+
     def fill(self, skeleton, specs, where: str):
-        """The skeleton module with its array leaves replaced by the arrays `specs` point to."""
-        params, static = eqx.partition(skeleton, eqx.is_array)
+        """The abstract skeleton (from `equinox.filter_eval_shape`) with its array leaves replaced by
+        the arrays `specs` point to, each checked against its leaf's shape before it is read."""
+        is_leaf = lambda x: isinstance(x, jax.ShapeDtypeStruct | jax.Array)
+        params, static = eqx.partition(skeleton, is_leaf)
         leaves, treedef = jax.tree.flatten(params)
         if not isinstance(specs, list) or len(specs) != len(leaves):
             raise self.fail(f"{where} needs {len(leaves)} arrays, the file lists {specs!r:.80}.")
         loaded = []
         for number, (leaf, spec) in enumerate(zip(leaves, specs, strict=True)):
-            array = self.array(spec)
+            array = self.array(spec, expected=leaf)
             if array.dtype != leaf.dtype and array.dtype.kind == leaf.dtype.kind == "f":
                 array = array.astype(leaf.dtype)
-            if array.shape != leaf.shape or array.dtype != leaf.dtype:
+            if array.dtype != leaf.dtype:
                 raise self.fail(
-                    f"array {number} of {where} has shape {array.shape} and dtype {array.dtype}, "
-                    f"expected {leaf.shape} and {leaf.dtype}."
+                    f"array {number} of {where} has dtype {array.dtype}, expected {leaf.dtype}."
                 )
             loaded.append(array)
         return eqx.combine(jax.tree.unflatten(treedef, loaded), static)
@@ -211,7 +316,7 @@ class _Reader:
             raise self.fail(f"{where} names an unknown part {name!r:.80}.")
         if "config" in spec:
             try:
-                skeleton = cls.from_config(spec["config"])
+                skeleton = eqx.filter_eval_shape(cls.from_config, spec["config"])
             except (AttributeError, KeyError, TypeError, ValueError) as error:
                 raise self.fail(f"{where} ({name}) has a malformed config ({error}).") from None
             return self.fill(skeleton, spec.get("leaves"), where)
@@ -247,10 +352,8 @@ def load(path, *, net=None):
         ) from None
     with archive:
         reader = _Reader(archive, path, net)
-        try:
-            description = json.loads(reader.read(_DESCRIPTION))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise reader.fail(f"{_DESCRIPTION} is not JSON ({error}).") from None
+        reader.check_sizes()
+        description = reader.description()
         if not isinstance(description, dict) or description.get("format") != FORMAT:
             raise reader.fail("its description does not name the msgm_pp model format.")
         version = description.get("format_version")

@@ -227,9 +227,9 @@ def test_old_spellings_warn_and_still_work(cauchy):
     _, data, model = cauchy
     with pytest.warns(DeprecationWarning, match="max_steps"):
         old = mp.MSGM.fit(
-            data[:200], key=jax.random.key(0), steps=10, eval_every=10, progress=False
+            data[:400], key=jax.random.key(0), steps=20, eval_every=10, progress=False
         )
-    assert old.history.train_loss.size == 10
+    assert old.history.train_loss.size == 20
     with pytest.warns(DeprecationWarning, match="deprecated"):
         changed = model.with_options(sampler="ode", sample_steps=16, log_prob_steps=8)
     assert changed.sampler == mp.ODESampler(16) and changed.density.steps == 8
