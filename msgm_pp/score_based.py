@@ -241,6 +241,10 @@ class ScoreBasedDistribution(dist.Distribution):
         """
         key = check_key(key)
         shape = tuple(sample_shape) + self.batch_shape
+        if not all(
+            isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in shape
+        ):
+            raise ValueError(f"`sample_shape` must hold non-negative ints, got {sample_shape!r}.")
         n = math.prod(shape)
         if n == 0:
             return jnp.zeros((*shape, *self.event_shape))

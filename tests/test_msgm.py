@@ -243,3 +243,12 @@ def test_old_spellings_warn_and_still_work(cauchy):
 
 def test_samples_are_not_reparametrized(cauchy):
     assert cauchy[2].has_rsample is False
+
+
+def test_bad_sample_shapes_and_forward_steps_are_refused(cauchy):
+    model = cauchy[2]
+    with pytest.raises(ValueError, match="`sample_shape` must hold non-negative ints"):
+        model.sample(jax.random.key(0), (-1,))
+    for forward_steps in (0, -1):
+        with pytest.raises(ValueError, match="`forward_steps` must be a positive int"):
+            model.loss("ssm", forward_steps=forward_steps)
