@@ -15,7 +15,6 @@ A model is made in two steps, which :meth:`MSGM.fit` runs one after the other:
 
 import json
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +32,7 @@ from msgm_pp.score import TangentScore
 from msgm_pp.score_based import ScoreBasedDistribution, fit_built, flat_points, split_training
 from msgm_pp.serialization import serializable
 from msgm_pp.sphere import log_norm
-from msgm_pp.training import NetworkLoss, TrainingHistory
+from msgm_pp.training import TrainingHistory
 
 
 def make_noise(noise, dim: int, *, key) -> AbstractNoise:
@@ -187,16 +186,6 @@ class MSGM(ScoreBasedDistribution):
         if name is None:
             name = "dsm" if dsm_applies(self.noise) else "ssm"
         return make_loss(name, self.noise, forward_steps=forward_steps, weighted=weighted)
-
-    def network_loss(self, loss=None) -> NetworkLoss:
-        """(net, batch, key) -> the loss (a name or :meth:`loss` object) with network `net`."""
-        return NetworkLoss(self.score, self.loss(loss))
-
-    def with_network(self, net, history: TrainingHistory | None = None) -> "MSGM":
-        """This model with the network `net` (and the `history` that trained it)."""
-        score = eqx.tree_at(lambda sc: sc.net, self.score, net)
-        arguments = {**self.constructor_arguments(), "score": score, "history": history}
-        return type(self)(**arguments, validate_args=self._validate_args)
 
     @classmethod
     def fit(

@@ -33,7 +33,13 @@ from msgm_pp._checks import check_key, check_points, check_positive_int, warn_de
 from msgm_pp.density import ExactTrace, HutchinsonTrace, ODEDensity, check_density
 from msgm_pp.samplers import ODESampler, SDESampler, check_sampler
 from msgm_pp.serialization import save
-from msgm_pp.training import make_optimizer, optimizer_settings, record_settings, train
+from msgm_pp.training import (
+    NetworkLoss,
+    make_optimizer,
+    optimizer_settings,
+    record_settings,
+    train,
+)
 
 _CHUNK_BUDGET = 2**18  # sample rows × d per compiled chunk: bounded memory for any n
 _DENSITY_CHUNK_BUDGET = 2**16  # log_prob rows × d per vectorised chunk
@@ -195,6 +201,17 @@ class ScoreBasedDistribution(dist.Distribution):
             deprecated,
         )
         arguments = {**self.constructor_arguments(), "sampler": sampler, "density": density}
+        return type(self)(**arguments, validate_args=self._validate_args)
+
+    def network_loss(self, loss=None) -> NetworkLoss:
+        """(net, batch, key) -> the loss (a name or `loss` object) with network `net`: what
+        :func:`msgm_pp.train` optimises."""
+        return NetworkLoss(self.score, self.loss(loss))
+
+    def with_network(self, net, history=None):
+        """This model with the network `net` (and the `history` that trained it)."""
+        score = eqx.tree_at(lambda sc: sc.net, self.score, net)
+        arguments = {**self.constructor_arguments(), "score": score, "history": history}
         return type(self)(**arguments, validate_args=self._validate_args)
 
     @classmethod

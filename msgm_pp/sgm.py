@@ -35,7 +35,7 @@ from msgm_pp.samplers import SDESampler, reverse_times
 from msgm_pp.schedule import LinearSchedule
 from msgm_pp.score_based import ScoreBasedDistribution, fit_built, flat_points, split_training
 from msgm_pp.serialization import serializable
-from msgm_pp.training import NetworkLoss, TrainingHistory
+from msgm_pp.training import TrainingHistory
 
 VP_LOSSES = ("dsm", "ssm")
 NORMALIZATIONS = ("standard", "robust", "none")
@@ -267,16 +267,6 @@ class SGM(ScoreBasedDistribution):
     def loss(self, name="dsm") -> VPLoss:
         """The VP-SDE loss `name`: "dsm" (default) or "ssm" (the paper's comparison)."""
         return name if isinstance(name, VPLoss) else VPLoss("dsm" if name is None else name)
-
-    def network_loss(self, loss=None) -> NetworkLoss:
-        """(net, batch, key) -> the loss (a name or :meth:`loss` object) with network `net`."""
-        return NetworkLoss(self.score, self.loss(loss))
-
-    def with_network(self, net, history: TrainingHistory | None = None) -> "SGM":
-        """This model with the network `net` (and the `history` that trained it)."""
-        score = eqx.tree_at(lambda sc: sc.net, self.score, net)
-        arguments = {**self.constructor_arguments(), "score": score, "history": history}
-        return type(self)(**arguments, validate_args=self._validate_args)
 
     @classmethod
     def fit(
