@@ -62,15 +62,17 @@ def _legacy_settings(sampler, density, options: dict):
     if any(name in options for name in ("log_prob_steps", "trace", "num_probes")):
         density = ODEDensity() if density is None else density
         trace = options.get("trace")
-        num_probes = options.get("num_probes", 1)
         if trace not in (None, "exact", "hutchinson"):
             raise ValueError(f"unknown trace estimator {trace!r}; choose 'exact' or 'hutchinson'.")
-        if trace == "hutchinson" or (trace is None and "num_probes" in options):
-            density_trace = HutchinsonTrace(check_positive_int(num_probes, "num_probes"))
-        elif trace == "exact":
+        current = density.trace if isinstance(density.trace, HutchinsonTrace) else None
+        if trace == "exact":
             density_trace = ExactTrace()
+        elif trace == "hutchinson" or (current is not None and "num_probes" in options):
+            current = current or HutchinsonTrace()
+            probes = options.get("num_probes", current.num_probes)
+            density_trace = HutchinsonTrace(check_positive_int(probes, "num_probes"), current.seed)
         else:
-            density_trace = density.trace
+            density_trace = density.trace  # 0.1 ignored num_probes with the exact trace too
         steps = options.get("log_prob_steps", density.steps)
         density = ODEDensity(check_positive_int(steps, "log_prob_steps"), density_trace)
     return sampler, density
@@ -158,6 +160,10 @@ class ScoreBasedDistribution(dist.Distribution):
     saved_as_model: ClassVar[bool] = True
 
     def _init_settings(self, validate_args, sampler, density, options: dict) -> None:
+        # The default trace depends on d; fill it in first, so that a 0.1 `num_probes` applies.
+        density = density.for_dim(self.dim) if isinstance(density, ODEDensity) else density
+        if density is None and options:
+            density = ODEDensity().for_dim(self.dim)
         sampler, density = resolve_settings(sampler, density, options, warn=True)
         self.sampler = sampler
         self.density = density.for_dim(self.dim)

@@ -252,3 +252,17 @@ def test_bad_sample_shapes_and_forward_steps_are_refused(cauchy):
     for forward_steps in (0, -1):
         with pytest.raises(ValueError, match="`forward_steps` must be a positive int"):
             model.loss("ssm", forward_steps=forward_steps)
+
+
+def test_old_density_spellings_mean_what_they_meant():
+    """0.1 applied `num_probes` only where the trace was Hutchinson (by default above d = 64)."""
+    small, large = (np.random.default_rng(0).standard_cauchy((300, d)) for d in (3, 70))
+    with pytest.warns(DeprecationWarning):
+        assert mp.MSGM.build(small, key=jax.random.key(0), num_probes=4).density.trace == (
+            mp.ExactTrace()
+        )
+        model = mp.MSGM.build(large, key=jax.random.key(0), num_probes=4)
+        assert model.density.trace == mp.HutchinsonTrace(4)
+        assert model.with_options(log_prob_steps=9).density == mp.ODEDensity(
+            9, mp.HutchinsonTrace(4)
+        )
