@@ -49,9 +49,3 @@ class PointMassScore(eqx.Module):
 def time_of_tau(schedule, tau):
     a = 0.5 * (schedule.beta_max - schedule.beta_min) / schedule.T
     return (-schedule.beta_min + math.sqrt(schedule.beta_min**2 + 4 * a * tau)) / (2 * a)
-
-
-def pytest_collection_modifyitems(items):
-    # The notebooks are the longest file (about 5 CPU minutes, on one worker with
-    # --dist=loadfile): start them first, so that the other workers run the rest meanwhile.
-    items.sort(key=lambda item: item.path.name != "test_tutorials.py")
