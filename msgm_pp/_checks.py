@@ -104,9 +104,35 @@ def check_points(
                 f"`{name}` has {int(zero.sum())} row(s) of zero norm at indices "
                 f"{describe_indices(np.flatnonzero(zero))}: their direction x/|x| is undefined."
             )
+        _check_range(values, name, zero)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return jnp.asarray(x)
+
+
+def _check_range(values: np.ndarray, name: str, zero: np.ndarray) -> None:
+    """Rows that the float type JAX computes in cannot hold: entries beyond its largest value, or
+    (nonzero) rows whose entries all lie below its smallest normal number, which XLA flushes to
+    zero."""
+    target = jax.dtypes.canonicalize_dtype(
+        values.dtype if np.issubdtype(values.dtype, np.floating) else float
+    )
+    info = np.finfo(target)
+    magnitude = np.abs(values).max(axis=1)
+    huge = magnitude > info.max
+    if huge.any():
+        raise ValueError(
+            f"`{name}` has entries beyond the largest {target} ({info.max:.3g}) in "
+            f"{int(huge.sum())} row(s) at indices {describe_indices(np.flatnonzero(huge))}: they "
+            "would overflow to inf. Rescale the data (or enable x64 for float64 data)."
+        )
+    tiny = (magnitude < info.tiny) & ~zero
+    if tiny.any():
+        raise ValueError(
+            f"`{name}` has {int(tiny.sum())} row(s) whose entries all lie below the smallest normal "
+            f"{target} ({info.tiny:.3g}) at indices {describe_indices(np.flatnonzero(tiny))}; XLA "
+            "treats such numbers as zero. Rescale the data."
+        )
 
 
 def check_times(s, n: int | None, name: str = "s"):
@@ -138,7 +164,12 @@ def check_positive_int(value, name: str) -> int:
 
 
 def warn_deprecated(message: str) -> None:
-    """A DeprecationWarning attributed to the first caller outside msgm_pp (and outside NumPyro's
+    """A DeprecationWarning attributed to the caller (see :func:`warn_caller`)."""
+    warn_caller(message, DeprecationWarning)
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """A warning attributed to the first caller outside msgm_pp (and outside NumPyro's
     Distribution metaclass, which calls our constructors)."""
     internal = (
         os.path.dirname(os.path.abspath(__file__)),
@@ -147,4 +178,4 @@ def warn_deprecated(message: str) -> None:
     frame, level = sys._getframe(1), 2
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(internal):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, DeprecationWarning, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level)

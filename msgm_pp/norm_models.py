@@ -84,6 +84,7 @@ class EmpiricalNorm(AbstractNormModel):
 
     @classmethod
     def fit(cls, log_norms) -> "EmpiricalNorm":
+        """The empirical law of the log-norms (a step CDF)."""
         values, counts = np.unique(np.asarray(log_norms, dtype=np.float64), return_counts=True)
         if values.size < 2:
             raise ValueError(
@@ -164,6 +165,7 @@ class KDENorm(AbstractNormModel):
 
     @classmethod
     def fit(cls, log_norms, bandwidth: float | None = None, max_grid: int = 8192) -> "KDENorm":
+        """A Gaussian KDE of the log-norms (Silverman's bandwidth unless given), tabulated on a grid of at most `max_grid` points."""
         values = np.asarray(log_norms, dtype=np.float64)
         h = silverman_bandwidth(values) if bandwidth is None else float(bandwidth)
         if not h > 0:
@@ -186,6 +188,7 @@ class KDENorm(AbstractNormModel):
 
     @property
     def grid(self):
+        """The log-norms at which the density and the CDF are tabulated."""
         return self.grid_start + self.grid_step * jnp.arange(self.log_density.size)
 
     def log_prob(self, log_r):
@@ -277,6 +280,8 @@ class KDEGPDNorm(AbstractNormModel):
         bandwidth: float | None = None,
         min_exceedances: int = 10,
     ) -> "KDEGPDNorm":
+        """A KDE body and a generalised Pareto tail fitted to the largest `tail_fraction` of the
+        log-norms (see the class docstring)."""
         values = np.sort(np.asarray(log_norms, dtype=np.float64))
         if not 0 < tail_fraction < 0.5:
             raise ValueError(f"`tail_fraction` must lie in (0, 0.5), got {tail_fraction}.")
@@ -402,4 +407,6 @@ def fit_norm_model(data, kind: str = "kde+gpd", **options) -> AbstractNormModel:
         raise ValueError(f"unknown norm model {kind!r}; choose one of {sorted(NORM_MODELS)}.")
     check_points(data, "data")
     x = np.asarray(data, dtype=np.float64)
-    return NORM_MODELS[kind].fit(np.log(np.linalg.norm(x, axis=1)), **options)
+    scale = np.abs(x).max(axis=1, keepdims=True)  # |x| itself overflows float64 beyond 1e154
+    log_norms = np.log(scale[:, 0]) + 0.5 * np.log(np.sum((x / scale) ** 2, axis=1))
+    return NORM_MODELS[kind].fit(log_norms, **options)

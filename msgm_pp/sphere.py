@@ -16,18 +16,26 @@ import jax.numpy as jnp
 from scipy.special import gammaln
 
 
+def _row_scale(x):
+    """max|x_i| over the last axis (keepdims), clamped to [2^(min_exp+2), 2^(max_exp−2)]: XLA divides
+    by multiplying with the reciprocal and flushes subnormal numbers to zero, so 1/1e38 would be 0
+    in float32; the clamp keeps the reciprocal normal, and x/scale neither overflows nor
+    underflows for any finite x."""
+    info = jnp.finfo(x.dtype)
+    smallest, largest = 2.0 ** (int(info.minexp) + 2), 2.0 ** (int(info.maxexp) - 2)
+    return jnp.clip(jnp.max(jnp.abs(x), axis=-1, keepdims=True), smallest, largest)
+
+
 def log_norm(x):
-    """log |x| over the last axis, without overflow for huge entries."""
-    scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
-    safe = jnp.where(scale > 0, scale, 1.0)
-    return jnp.log(safe[..., 0]) + 0.5 * jnp.log(jnp.sum((x / safe) ** 2, axis=-1))
+    """log |x| over the last axis, for every finite x (−inf at x = 0)."""
+    scale = _row_scale(x)
+    return jnp.log(scale[..., 0]) + 0.5 * jnp.log(jnp.sum((x / scale) ** 2, axis=-1))
 
 
 def polar(x):
     """(ℓ, u) = (log |x|, x/|x|) over the last axis, computed on x/max|x_i| so that neither
     overflows or underflows for any finite nonzero x."""
-    scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
-    scaled = x / jnp.where(scale > 0, scale, 1.0)
+    scaled = x / _row_scale(x)
     return log_norm(x), scaled / jnp.linalg.norm(scaled, axis=-1, keepdims=True)
 
 

@@ -65,3 +65,25 @@ def test_keys_steps_and_types_are_checked():
         mp.forward_sample("isotropic", points(), 0.1, key=KEY)
     with pytest.raises(TypeError, match="real numbers"):
         mp.forward_sample(NOISE, np.array([["a", "b", "c"]]), 0.1, key=KEY)
+
+
+def test_rows_the_float_type_cannot_hold_are_named():
+    """float64 data meet float32 arithmetic when x64 is off; XLA flushes subnormals to zero."""
+    huge = points()
+    huge[2, 0] = 1e300
+    with pytest.raises(ValueError, match=r"beyond the largest float32 .* indices \[2\].*x64"):
+        mp.MSGM.build(huge, key=KEY)
+    tiny = points().astype(np.float32)
+    tiny[[1, 4]] = np.float32(1e-39)
+    with pytest.raises(ValueError, match=r"2 row\(s\) whose entries all lie below the smallest"):
+        mp.SGM.build(tiny, key=KEY)
+
+
+@pytest.mark.parametrize("scale", [1e36, 1e-36])
+def test_data_at_extreme_float32_scales_build_models(scale):
+    """Norms, log-norms and the norm model stay finite at any representable scale."""
+    data = (np.random.default_rng(0).standard_cauchy((400, 3)) * scale).astype(np.float32)
+    data = data[np.isfinite(data).all(1)]
+    model = mp.MSGM.build(data, key=KEY, density=mp.ODEDensity(4))
+    assert np.isfinite(model.score.log_r_scale) and model.score.log_r_scale > 0
+    assert np.isfinite(np.asarray(model.log_prob(data[:5]))).all()

@@ -157,3 +157,25 @@ def test_infer_shapes_uses_the_score():
     assert mp.MSGM.infer_shapes(jax.eval_shape(lambda: model.score)) == ((), (5,))
     with pytest.raises(ValueError, match="needs the score"):
         mp.MSGM.infer_shapes()
+
+
+def test_log_prob_is_finite_at_the_largest_float32_values():
+    """1/1e38 is subnormal in float32, so a norm computed as max|x| · |x / max|x|| lost the
+    direction (XLA flushes subnormals to zero) and log_prob was NaN."""
+    data = np.random.default_rng(0).standard_cauchy((400, 3)).astype(np.float32)
+    model = mp.MSGM.build(data, key=jax.random.key(0), density=mp.ODEDensity(4))
+    direction = jnp.array([1.0, -0.5, 0.25], jnp.float32)
+    scales = jnp.array([1e36, 1e37, 1e38, 3e38], jnp.float32)
+    log_p = np.asarray(model.log_prob(scales[:, None] * direction / 1.0))
+    assert np.isfinite(log_p).all()
+    assert np.all(np.diff(log_p) < 0)  # deep in the tail the density falls with the norm
+
+
+def test_float32_points_meet_a_float64_model():
+    data = np.random.default_rng(0).standard_cauchy((400, 3))
+    with jax.enable_x64(True):
+        model = mp.MSGM.build(jnp.asarray(data), key=jax.random.key(0), density=mp.ODEDensity(4))
+        from_float32 = model.log_prob(jnp.asarray(data[:4], jnp.float32))
+        from_float64 = model.log_prob(jnp.asarray(data[:4], jnp.float64))
+    assert from_float32.dtype == jnp.float64
+    np.testing.assert_allclose(from_float32, from_float64, atol=1e-5)
