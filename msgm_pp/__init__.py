@@ -1,6 +1,7 @@
 """msgm_pp: multiplicative score-based generative models as NumPyro distributions."""
 
 from msgm_pp._version import __version__
+from msgm_pp.coordinates import CoordinateScaling
 from msgm_pp.density import ExactTrace, HutchinsonTrace, ODEDensity
 from msgm_pp.forward import forward_sample, forward_sample_exact
 from msgm_pp.latent import Latent
@@ -33,6 +34,7 @@ __all__ = [
     "SGM",
     "AbstractNoise",
     "AbstractNormModel",
+    "CoordinateScaling",
     "DenseNoise",
     "EmpiricalNorm",
     "ExactTrace",

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msgm_pp._checks import check_key
+from msgm_pp._checks import check_key, check_points, warn_caller
+from msgm_pp.coordinates import CoordinateScaling, coordinate_scaling, unit_mismatch
 from msgm_pp.density import log_prob_point
 from msgm_pp.latent import Latent
 from msgm_pp.losses import ScoreMatchingLoss, dsm_applies, make_loss
@@ -66,9 +67,13 @@ class MSGM(ScoreBasedDistribution):
     """A multiplicative score-based model: event_shape (d,), or (h, w) for a lattice model.
 
     Make one with :meth:`MSGM.fit` (or :meth:`MSGM.build` and :func:`msgm_pp.train`), or read one
-    with :func:`msgm_pp.load`. `score` (network, noise, schedule) and `norm_model` are pytree data
-    fields, so the distribution keeps its network through jit and vmap; `history` holds the
-    training losses.
+    with :func:`msgm_pp.load`. `score` (network, noise, schedule), `norm_model` and
+    `coordinates` are pytree data fields, so the distribution keeps its network through jit and
+    vmap; `history` holds the training losses.
+
+    `coordinates` (a :class:`~msgm_pp.CoordinateScaling`, or None for the identity) maps data x
+    to the coordinates y = (x − loc)/scale that the diffusion rotates; `log_prob` adds its exact
+    log-Jacobian −Σ log scale_i.
 
     Settings (change them with :meth:`with_options`):
 
@@ -79,16 +84,18 @@ class MSGM(ScoreBasedDistribution):
       0.006 nats at 64 steps) and `trace`, :class:`~msgm_pp.ExactTrace` (the default for d <= 64)
       or :class:`~msgm_pp.HutchinsonTrace` (an unbiased estimate, the default above).
 
-    `log_prob` is −inf at x = 0 and at infinite entries, and NaN for NaN entries.
+    `log_prob` is −inf at the origin of y (x = loc) and at infinite entries, and NaN for NaN
+    entries.
     """
 
-    pytree_data_fields = ("score", "norm_model", "history")
+    pytree_data_fields = ("score", "norm_model", "coordinates", "history")
 
     def __init__(
         self,
         score: TangentScore,
         norm_model: AbstractNormModel,
         *,
+        coordinates: CoordinateScaling | None = None,
         sampler=None,
         density=None,
         history: TrainingHistory | None = None,
@@ -101,8 +108,18 @@ class MSGM(ScoreBasedDistribution):
             raise TypeError(
                 f"`norm_model` must be a msgm_pp norm model, got {type(norm_model).__name__}."
             )
+        if coordinates is not None and not isinstance(coordinates, CoordinateScaling):
+            raise TypeError(
+                "`coordinates` must be a msgm_pp CoordinateScaling or None, got "
+                f"{type(coordinates).__name__}."
+            )
+        if coordinates is not None and coordinates.dim != score.dim:
+            raise ValueError(
+                f"`coordinates` has dimension {coordinates.dim} but the score has d = {score.dim}."
+            )
         self.score = score
         self.norm_model = norm_model
+        self.coordinates = coordinates
         self.history = history
         self._init_settings(validate_args, sampler, density, deprecated)
 
@@ -112,6 +129,7 @@ class MSGM(ScoreBasedDistribution):
 
     @property
     def noise(self) -> AbstractNoise:
+        """The forward noise (isotropic, dense or lattice) of the score."""
         return self.score.noise
 
     @property
@@ -130,6 +148,7 @@ class MSGM(ScoreBasedDistribution):
         schedule=None,
         norm: str = "kde+gpd",
         norm_options: dict | None = None,
+        normalization="none",
         t_eps: float = 1e-3,
         sampler=None,
         density=None,
@@ -147,6 +166,12 @@ class MSGM(ScoreBasedDistribution):
             schedule: β(s) on [0, T]; `mixing_schedule(noise)` by default.
             norm, norm_options: the norm model ("kde+gpd", "kde" or "empirical") and its options,
                 fitted to the norms of `data` in float64.
+            normalization: the per-coordinate map y = (x − loc)/scale applied before the model:
+                "none" (the default: the diffusion rotates x itself), "robust" (median and
+                interquartile range / 1.349), "standard" (mean and standard deviation) or a
+                :class:`~msgm_pp.CoordinateScaling`. With "none", a UserWarning recommends
+                "robust" when the columns' robust scales differ more than 10-fold or a median
+                lies more than one scale from the origin.
             t_eps: the smallest diffusion time, where sampling stops.
             sampler, density: the settings of `sample` and `log_prob` (see the class docstring).
 
@@ -160,8 +185,18 @@ class MSGM(ScoreBasedDistribution):
         field_shape = getattr(noise, "event_shape", ())
         x = flat_points(data, field_shape if len(field_shape) > 1 else None)
         noise = make_noise(noise, x.shape[1], key=noise_key)
-        norm_model = fit_norm_model(np.asarray(x, dtype=np.float64), norm, **(norm_options or {}))
-        log_r = np.asarray(log_norm(x), dtype=np.float64)
+        x64 = np.asarray(x, dtype=np.float64)
+        coordinates = coordinate_scaling(x64, normalization, x.dtype)
+        if coordinates is None and isinstance(normalization, str):
+            mismatch = unit_mismatch(x64)
+            if mismatch:
+                warn_caller(
+                    f"{mismatch}. The multiplicative noise rotates all coordinates about the "
+                    "origin together, so fit on comparable units: pass normalization='robust'."
+                )
+        y = _normalised(coordinates, x)
+        norm_model = fit_norm_model(np.asarray(y, dtype=np.float64), norm, **(norm_options or {}))
+        log_r = np.asarray(log_norm(y), dtype=np.float64)
         score = TangentScore(
             net=default_net(noise, key=net_key) if net is None else net,
             noise=noise,
@@ -170,13 +205,29 @@ class MSGM(ScoreBasedDistribution):
             log_r_scale=float(max(log_r.std(), 1e-6)),
             t_eps=float(t_eps),
         )
-        return cls(score, norm_model, sampler=sampler, density=density, **deprecated)
+        return cls(
+            score,
+            norm_model,
+            coordinates=coordinates,
+            sampler=sampler,
+            density=density,
+            **deprecated,
+        )
+
+    def default_batch_size(self) -> int:
+        """256 points, or for a lattice as many fields as hold about 2048 values (at least 4):
+        a convolutional step costs in proportion to the values in its batch, and each field
+        holds many local patterns to learn from (32 fields of 8×8, 8 of 16×16, 4 of 32×32)."""
+        if isinstance(self.noise, LatticeNoise):
+            return max(4, min(256, 2048 // self.dim))
+        return 256
 
     def training_data(self, data):
-        """(u, ℓ): the unit directions (n, d) and log-norms (n,) that the losses take."""
-        x = flat_points(data, self.event_shape)
-        log_r = log_norm(x)
-        return x / jnp.exp(log_r)[:, None], log_r
+        """(u, ℓ): the unit directions (n, d) and log-norms (n,) of the data's coordinates y that
+        the losses take."""
+        y = _normalised(self.coordinates, flat_points(data, self.event_shape))
+        log_r = log_norm(y)
+        return y / jnp.exp(log_r)[:, None], log_r
 
     def loss(self, name=None, *, forward_steps: int = 16, weighted: bool = True):
         """The score-matching loss `name` for this model's noise: "dsm", "ssm" or "ism"; None picks
@@ -198,7 +249,7 @@ class MSGM(ScoreBasedDistribution):
         net=None,
         schedule=None,
         max_steps: int = 5000,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         learning_rate=1e-3,
         clip_norm: float | None = None,
         optimizer=None,
@@ -207,6 +258,7 @@ class MSGM(ScoreBasedDistribution):
         eval_every: int = 250,
         norm: str = "kde+gpd",
         norm_options: dict | None = None,
+        normalization="none",
         t_eps: float = 1e-3,
         forward_steps: int = 16,
         weighted: bool = True,
@@ -218,15 +270,16 @@ class MSGM(ScoreBasedDistribution):
         """Build an MSGM for `data` and train its network: :meth:`build`, then :func:`msgm_pp.train`.
 
         Args:
-            data, key, noise, net, schedule, norm, norm_options, t_eps, sampler, density: see
-                :meth:`build`.
+            data, key, noise, net, schedule, norm, norm_options, normalization, t_eps, sampler,
+                density: see :meth:`build`.
             loss: "dsm" (exact heat-kernel target; the default for isotropic noise with d <= 32),
                 "ssm" (the paper's sliced score matching; the default otherwise) or "ism".
             forward_steps: integrator steps for the forward draws where they are not exact.
             weighted: weight the loss by λ(s) (see `TangentScore.loss_weight`); False is the paper.
             learning_rate, clip_norm: for the default Adam optimiser (learning_rate may be an optax
                 schedule); or pass any optax `optimizer`.
-            max_steps, batch_size, validation_fraction, patience, eval_every, progress: see
+            batch_size: rows per step; None takes :meth:`default_batch_size`.
+            max_steps, validation_fraction, patience, eval_every, progress: see
                 :func:`msgm_pp.training.fit_network`.
 
         Returns:
@@ -241,6 +294,7 @@ class MSGM(ScoreBasedDistribution):
             schedule=schedule,
             norm=norm,
             norm_options=norm_options,
+            normalization=normalization,
             t_eps=t_eps,
             sampler=sampler,
             density=density,
@@ -269,6 +323,7 @@ class MSGM(ScoreBasedDistribution):
                 net=type(model.score.net).__name__ if net is None else "custom",
                 norm=norm,
                 norm_options=json.dumps(norm_options or {}, sort_keys=True),
+                normalization=normalization if isinstance(normalization, str) else "custom",
                 t_eps=float(t_eps),
                 forward_steps=forward_steps,
                 weighted=weighted,
@@ -279,7 +334,19 @@ class MSGM(ScoreBasedDistribution):
         latent_key, reverse_key = jax.random.split(key)
         log_r, u_T = self.latent.sample_polar(latent_key, (chunk_size,))
         u = reverse_directions(self.score, u_T, log_r, reverse_key, self.sampler)
-        return jnp.exp(log_r)[:, None] * u
+        y = jnp.exp(log_r)[:, None] * u
+        return y if self.coordinates is None else self.coordinates.denormalise(y)
 
     def _log_prob_point(self, x, key):
-        return log_prob_point(self.score, self.norm_model, x, self.density, key)
+        if self.coordinates is None:
+            return log_prob_point(self.score, self.norm_model, x, self.density, key)
+        y = self.coordinates.normalise(x)
+        log_p = log_prob_point(self.score, self.norm_model, y, self.density, key)
+        return log_p + self.coordinates.log_abs_det()
+
+
+def _normalised(coordinates: CoordinateScaling | None, x):
+    """The coordinates y of the checked points x (n, d); each row must be away from y = 0."""
+    if coordinates is None:
+        return x
+    return check_points(coordinates.normalise(x), "normalised data (x - loc) / scale")

@@ -28,6 +28,7 @@ import numpy as np
 from jax.scipy.stats import norm as std_normal
 
 from msgm_pp._checks import check_key
+from msgm_pp.coordinates import normalization_of
 from msgm_pp.density import forward_times, integrate_log_density, irregular_log_prob
 from msgm_pp.heun import heun_step
 from msgm_pp.nets import TimeMLP
@@ -38,7 +39,6 @@ from msgm_pp.serialization import serializable
 from msgm_pp.training import TrainingHistory
 
 VP_LOSSES = ("dsm", "ssm")
-NORMALIZATIONS = ("standard", "robust", "none")
 
 
 def vp_schedule(beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0) -> LinearSchedule:
@@ -62,9 +62,11 @@ class VPScore(eqx.Module):
 
     @property
     def dim(self) -> int:
+        """d, the dimension of the points."""
         return self.loc.shape[0]
 
     def tau(self, t):
+        """τ(t) = ∫_0^t β, the integrated noise rate."""
         return self.schedule.integral(t)
 
     def sigma(self, t):
@@ -79,9 +81,11 @@ class VPScore(eqx.Module):
         return -self.epsilon(y, t) / self.sigma(t)
 
     def normalise(self, x):
+        """x̃ = (x − loc)/scale."""
         return (x - self.loc) / self.scale
 
     def denormalise(self, y):
+        """x = loc + scale · x̃."""
         return self.loc + self.scale * y
 
 
@@ -126,27 +130,6 @@ class VPLoss(eqx.Module):
 
     def __call__(self, score, batch, key):
         return (vp_dsm_loss if self.name == "dsm" else vp_ssm_loss)(score, batch, key)
-
-
-def normalization_of(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-coordinate (loc, scale): mean and standard deviation ("standard", the paper's), median
-    and interquartile range / 1.349 ("robust"), or (0, 1) ("none")."""
-    if kind not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {kind!r}; choose one of {list(NORMALIZATIONS)}.")
-    if kind == "none":
-        return np.zeros(x.shape[1]), np.ones(x.shape[1])
-    if kind == "standard":
-        loc, scale = x.mean(0), x.std(0)
-    else:
-        q25, loc, q75 = np.quantile(x, [0.25, 0.5, 0.75], axis=0)
-        scale = (q75 - q25) / 1.349
-    flat = np.flatnonzero(~(scale > 0))
-    if flat.size:
-        raise ValueError(
-            f"`data` columns {flat.tolist()} have zero spread, so {kind!r} normalization "
-            "is undefined; drop them or use normalization='none'."
-        )
-    return loc, scale
 
 
 def _velocity(score: VPScore, y, t):
@@ -279,7 +262,7 @@ class SGM(ScoreBasedDistribution):
         schedule: LinearSchedule | None = None,
         normalization: str = "robust",
         max_steps: int = 5000,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         learning_rate=1e-3,
         clip_norm: float | None = None,
         optimizer=None,
