@@ -1,6 +1,6 @@
 """Cost and peak memory against the dimension, and bounded-memory sampling.
 
-    python benchmarks/scale.py [--out benchmarks/results/scale.json]
+    python benchmarks/scale.py [--out benchmarks/results/scale.json] [--only train sample]
 
 Every measurement runs in a fresh Python process, so that its peak resident memory (ru_maxrss)
 belongs to that measurement alone: `peak_bytes` is that peak (JAX, compiled code and inputs
@@ -135,20 +135,32 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["noise", "train", "sample", "dense noise", "draws"],
+        help="rerun these measurements and keep the others from --out",
+    )
     args = parser.parse_args()
     sides = (16, 32, 64, 128)
-    results = {"by_dimension": {}}
-    for kind, kind_sides in (
-        ("noise", sides),
-        ("train", sides),
-        ("sample", sides),
-        ("dense noise", (16, 32)),
-    ):
-        results["by_dimension"][kind] = [measure(kind, side) for side in kind_sides]
-        print(kind, results["by_dimension"][kind], flush=True)
-    results["draw 1e6 vectors, d = 4"] = measure("vectors", 4)
-    results["draw 1e4 fields, 32x32"] = measure("draw fields", 32)
-    print(results["draw 1e6 vectors, d = 4"], results["draw 1e4 fields, 32x32"], flush=True)
+    kinds = {"noise": sides, "train": sides, "sample": sides, "dense noise": (16, 32)}
+    draws = {
+        "draw 1e6 vectors, d = 4": ("vectors", 4),
+        "draw 1e4 fields, 32x32": ("draw fields", 32),
+    }
+    chosen = set(args.only or [*kinds, "draws"])
+    if args.only and args.out.exists():
+        results = json.loads(args.out.read_text())  # rerun some rows, keep the others
+    else:
+        results = {"by_dimension": {}}
+    for kind, kind_sides in kinds.items():
+        if kind in chosen:
+            results["by_dimension"][kind] = [measure(kind, side) for side in kind_sides]
+            print(kind, results["by_dimension"][kind], flush=True)
+    if "draws" in chosen:
+        for name, (kind, side) in draws.items():
+            results[name] = measure(kind, side)
+            print(name, results[name], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.out.with_suffix(".png"))

@@ -11,7 +11,7 @@ model for its loss and training arrays and runs :func:`fit_network`, which optim
   improvement;
 - a non-finite loss or gradient freezes the parameters at their last finite values and stops
   training with a warning; Ctrl-C stops it too, and both return the best parameters so far;
-- a tqdm progress bar shows the losses (on by default in a terminal only);
+- a progress bar shows the losses (see `msgm_pp._progress` for where it appears);
 - with several JAX devices each minibatch is split across them (see `msgm_pp.devices`).
 
 Everything is a pure function of `key`: the same key gives the same parameters.
@@ -19,17 +19,15 @@ Everything is a pure function of `key`: the same key gives the same parameters.
 
 import dataclasses
 import math
-import sys
-import warnings
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
-from msgm_pp._checks import check_key, check_positive_int
+from msgm_pp._checks import check_key, check_positive_int, warn_caller
+from msgm_pp._progress import progress_bar
 from msgm_pp.devices import batch_sharding
 from msgm_pp.serialization import serializable
 
@@ -80,6 +78,13 @@ def optimizer_settings(learning_rate, clip_norm, optimizer) -> dict:
 
 def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None):
     """Adam with an optional global-norm gradient clip; `learning_rate` may be an optax schedule."""
+    if isinstance(learning_rate, bool) or (
+        isinstance(learning_rate, int | float) and not 0 < learning_rate < math.inf
+    ):
+        raise ValueError(
+            f"`learning_rate` must be a positive finite number or an optax schedule, got "
+            f"{learning_rate!r}."
+        )
     adam = optax.adam(learning_rate)
     return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
@@ -97,6 +102,15 @@ def split_validation(key, num_rows: int, validation_fraction: float):
         )
     order = np.asarray(jax.random.permutation(key, num_rows))
     return order[num_validation:], order[:num_validation]
+
+
+def validation_repeats(num_rows: int, row_size: int, validation_size: int | None = None) -> int:
+    """How often the `num_rows` validation rows are scored per evaluation: until they make
+    `validation_size` rows, by default about 2^17 values, between 64 and 4096 rows."""
+    if validation_size is None:
+        validation_size = min(4096, max(64, 2**17 // row_size))
+    validation_size = check_positive_int(validation_size, "validation_size")
+    return math.ceil(validation_size / max(num_rows, 1))
 
 
 def _tree_all_finite(tree):
@@ -152,7 +166,7 @@ def fit_network(
     validation_fraction: float = 0.1,
     patience: int | None = 10,
     eval_every: int = 250,
-    validation_size: int = 4096,
+    validation_size: int | None = None,
     progress: bool | None = None,
 ):
     """Minimise `loss(net, batch, key)` over the inexact arrays of `net`; see the module docstring.
@@ -169,8 +183,10 @@ def fit_network(
         patience: evaluations without improvement before stopping (None: never stop early).
         eval_every: steps per compiled chunk, between validation evaluations.
         validation_size: validation points scored per evaluation (the held-out rows repeated with
-            fresh noise until at least this many).
-        progress: show a progress bar; None shows it only when stderr is a terminal.
+            fresh noise until at least this many); None scores about 2^17 values, between 64 and
+            4096 rows (4096 for rows of up to 32 values).
+        progress: True for a progress bar, False for none; None chooses by where the output
+            goes (a bar in a terminal or notebook, a line every 30 s in a log, nothing in CI).
 
     Returns:
         (trained net, TrainingHistory).
@@ -187,7 +203,8 @@ def fit_network(
     train_rows, validation_rows = split_validation(split_key, num_rows, validation_fraction)
     train_data = jax.tree_util.tree_map(lambda a: a[train_rows], data)
     validation_data = jax.tree_util.tree_map(lambda a: a[validation_rows], data)
-    repeats = math.ceil(validation_size / max(validation_rows.size, 1))
+    row_size = math.prod(jax.tree_util.tree_leaves(data)[0].shape[1:])
+    repeats = validation_repeats(validation_rows.size, row_size, validation_size)
 
     params, static = eqx.partition(net, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
@@ -200,8 +217,7 @@ def fit_network(
     best_params, best_step, best_value = params, 0, validate(params)
     validation_losses, validation_steps, train_losses = [best_value], [0], []
     stop_reason, since_best, done = "max_steps", 0, 0
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = tqdm(total=max_steps, disable=not show, desc="training", leave=False)
+    bar = progress_bar(max_steps, "training", progress)
     try:
         while done < max_steps:
             chunk = min(eval_every, max_steps - done)
@@ -215,12 +231,11 @@ def fit_network(
                 train_losses.extend(values[:taken].tolist())
                 done += taken
                 stop_reason = "non-finite loss"
-                warnings.warn(
+                warn_caller(
                     f"training stopped at step {done}: the loss or its gradient became NaN or inf. "
                     f"Returning the parameters with the best validation loss (step {best_step}); "
                     "try a smaller learning_rate, clip_norm, or a larger t_eps.",
                     RuntimeWarning,
-                    stacklevel=2,
                 )
                 break
             train_losses.extend(values.tolist())
@@ -239,14 +254,21 @@ def fit_network(
                 break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
-        warnings.warn(
+        warn_caller(
             f"training interrupted at step {done}; returning the best parameters so far "
             f"(step {best_step}).",
             RuntimeWarning,
-            stacklevel=2,
         )
     finally:
         bar.close()
+    if best_step == 0 and done > 0 and validation_rows.size > 0:
+        warn_caller(
+            f"training never improved on the initial network's validation loss "
+            f"({validation_losses[0]:.4g}) in {done} steps, so the returned network is the "
+            f"untrained one. Check the learning rate, the amount of data ({num_rows} rows, "
+            f"{validation_rows.size} for validation) and the loss.",
+            RuntimeWarning,
+        )
     history = TrainingHistory(
         train_loss=jnp.asarray(train_losses),
         validation_loss=jnp.asarray(validation_losses),
@@ -271,7 +293,7 @@ def train(
     key,
     loss=None,
     max_steps: int = 5000,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     optimizer: optax.GradientTransformation | None = None,
     validation_fraction: float = 0.1,
     patience: int | None = 10,
@@ -286,7 +308,8 @@ def train(
         key: a JAX PRNG key; the same key gives the same parameters.
         loss: the model's loss (a name or loss object; see `MSGM.fit`); its default when None.
         optimizer: an optax transformation; Adam with learning rate 1e-3 when None.
-        max_steps, batch_size, validation_fraction, patience, eval_every, progress: see
+        batch_size: rows per step; None takes `model.default_batch_size()`.
+        max_steps, validation_fraction, patience, eval_every, progress: see
             :func:`fit_network`.
 
     Returns:
@@ -298,7 +321,7 @@ def train(
         model.training_data(data),
         key=key,
         max_steps=max_steps,
-        batch_size=batch_size,
+        batch_size=model.default_batch_size() if batch_size is None else batch_size,
         optimizer=optimizer,
         validation_fraction=validation_fraction,
         patience=patience,

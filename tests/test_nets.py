@@ -1,12 +1,14 @@
 """Score networks: shapes, determinism and the lattice network's translation equivariance."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import unit_rows
 
-from msgm_pp.nets import LatticeScoreNet, ScoreMLP, TimeFeatures
+import msgm_pp as mp
+from msgm_pp.nets import LatticeScoreNet, ScoreMLP, TimeFeatures, periodic_conv
 
 
 def test_time_features_are_bounded_and_distinct():
@@ -50,3 +52,29 @@ def test_lattice_net_depends_on_norm_and_time():
 def test_lattice_net_refuses_bad_shapes(shape):
     with pytest.raises(ValueError, match="shape"):
         LatticeScoreNet(shape, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel_size"), [((7,), 3), ((5, 6), 3), ((5, 6), 4), ((4, 9), 5)]
+)
+def test_periodic_conv_is_equinox_circular_conv(shape, kernel_size):
+    conv = eqx.nn.Conv(
+        len(shape),
+        3,
+        2,
+        kernel_size,
+        padding="SAME",
+        padding_mode="CIRCULAR",
+        key=jax.random.key(0),
+    )
+    x = jax.random.normal(jax.random.key(1), (3, *shape))
+    np.testing.assert_allclose(periodic_conv(conv, x), conv(x), atol=2e-6)
+
+
+def test_lattice_net_has_no_xla_convolution():
+    """XLA's CPU convolution is slow inside lax.scan (the training loop), so the net avoids it."""
+    net = mp.LatticeScoreNet((6, 6), key=jax.random.key(0))
+    params, static = eqx.partition(net, eqx.is_array)
+    loss = lambda params, u: jnp.sum(eqx.combine(params, static)(u, 0.1, 0.5) ** 2)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params, jnp.ones(36) / 6))
+    assert "conv_general_dilated" not in jaxpr
