@@ -29,7 +29,14 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.util import validate_sample
 
-from msgm_pp._checks import check_key, check_points, check_positive_int, warn_deprecated
+from msgm_pp._checks import (
+    check_key,
+    check_points,
+    check_positive_int,
+    is_concrete,
+    warn_deprecated,
+)
+from msgm_pp._progress import progress_bar
 from msgm_pp.density import ExactTrace, HutchinsonTrace, ODEDensity, check_density
 from msgm_pp.samplers import ODESampler, SDESampler, check_sampler
 from msgm_pp.serialization import save
@@ -132,11 +139,8 @@ def fit_built(model, data, *, key, loss, learning_rate, clip_norm, optimizer, tr
 
 
 @eqx.filter_jit
-def _draw_chunks(model, key, num_chunks: int, chunk_size: int):
-    draws = jax.lax.map(
-        lambda k: model._draw_chunk(k, chunk_size), jax.random.split(key, num_chunks)
-    )
-    return draws.reshape(-1, model.dim)
+def _draw_chunk(model, key, chunk_size: int):
+    return model._draw_chunk(key, chunk_size)
 
 
 @eqx.filter_jit
@@ -186,6 +190,7 @@ class ScoreBasedDistribution(dist.Distribution):
 
     @property
     def has_rsample(self) -> bool:
+        """False: draws come from a stochastic sampler and are not reparametrised."""
         return False
 
     @property
@@ -208,6 +213,10 @@ class ScoreBasedDistribution(dist.Distribution):
         )
         arguments = {**self.constructor_arguments(), "sampler": sampler, "density": density}
         return type(self)(**arguments, validate_args=self._validate_args)
+
+    def default_batch_size(self) -> int:
+        """The training batch size that `fit` and :func:`msgm_pp.train` use when none is given."""
+        return 256
 
     def network_loss(self, loss=None) -> NetworkLoss:
         """(net, batch, key) -> the loss (a name or `loss` object) with network `net`: what
@@ -259,8 +268,9 @@ class ScoreBasedDistribution(dist.Distribution):
     def sample(self, key, sample_shape=()):
         """Draws of shape sample_shape + event_shape from the model's `sampler`.
 
-        Draws are made in chunks of at most 2^18 / d points inside one compiled loop, so memory
-        stays bounded for any number of samples.
+        Draws are made in compiled chunks of at most 2^18 / d points, so memory stays bounded
+        for any number of samples; a draw of several chunks shows its progress (see
+        :mod:`msgm_pp._progress`).
         """
         key = check_key(key)
         shape = tuple(sample_shape) + self.batch_shape
@@ -272,7 +282,16 @@ class ScoreBasedDistribution(dist.Distribution):
         if n == 0:
             return jnp.zeros((*shape, *self.event_shape))
         chunk_size = max(1, min(n, _CHUNK_BUDGET // self.dim))
-        x = _draw_chunks(self, key, math.ceil(n / chunk_size), chunk_size)
+        keys = jax.random.split(key, math.ceil(n / chunk_size))
+        bar = progress_bar(n, "sampling", None if len(keys) > 1 and is_concrete(key) else False)
+        chunks = []
+        for number, chunk_key in enumerate(keys):
+            chunks.append(_draw_chunk(self, chunk_key, chunk_size))
+            if len(keys) > 1 and is_concrete(key):
+                jax.block_until_ready(chunks[-1])
+                bar.update(min(chunk_size, n - number * chunk_size))
+        bar.close()
+        x = jnp.concatenate(chunks) if len(chunks) > 1 else chunks[0]
         return x[:n].reshape((*shape, *self.event_shape))
 
     def log_prob(self, value):
@@ -301,7 +320,15 @@ class ScoreBasedDistribution(dist.Distribution):
             )
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(jnp.result_type(float))
-        return x
+        # The ODE's carry keeps its dtype, so points are computed in the wider of theirs and the
+        # model's (float32 data meet a float64 model whenever x64 is on).
+        return x.astype(jnp.promote_types(x.dtype, self.float_dtype))
+
+    @property
+    def float_dtype(self):
+        """The float type of the model's arrays."""
+        arrays = [leaf for leaf in jax.tree.leaves(self.score) if eqx.is_inexact_array(leaf)]
+        return arrays[0].dtype if arrays else jnp.result_type(float)
 
     def _log_prob(self, value, key):
         x = self._as_points(value)

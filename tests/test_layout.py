@@ -7,8 +7,8 @@ import msgm_pp
 
 LAYERS = [
     {"_version"},
-    {"_checks", "serialization", "sphere", "heun", "devices"},
-    {"heat_kernel", "schedule"},
+    {"_checks", "_progress", "serialization", "sphere", "heun", "devices"},
+    {"heat_kernel", "schedule", "coordinates"},
     {"noise", "norm_models", "nets"},
     {"latent", "score"},
     {"forward"},
