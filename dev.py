@@ -5,6 +5,7 @@
     python3 dev.py lint   # same set-up, then ruff check and ruff format --check
     python3 dev.py minimum  # a separate .venv-minimum with every dependency at its declared floor,
                             # then the smoke test `msgm-pp demo --fast`
+    python3 dev.py docs   # same set-up as test, then the API reference (pdoc) in docs/api/
 
 Extra arguments are passed on (`python3 dev.py demo --fast`, `python3 dev.py test -k noise`).
 The virtual environment is rebuilt when pyproject.toml changes.
@@ -62,8 +63,12 @@ def minimum_versions(rest: list[str]) -> int:
         return subprocess.run([*demo, *rest], cwd=ROOT).returncode
 
 
+def public_modules() -> list[Path]:
+    return sorted(p for p in (ROOT / "msgm_pp").glob("*.py") if not p.stem.startswith("_"))
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "lint", "minimum"}:
+    if not argv or argv[0] not in {"demo", "test", "lint", "minimum", "docs"}:
         print(__doc__)
         return 2
     if argv[0] == "minimum":
@@ -72,13 +77,18 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "demo":
         return subprocess.run([str(BIN / "msgm-pp"), "demo", *rest], cwd=ROOT).returncode
+    if command == "docs":
+        modules = ["msgm_pp", *(f"msgm_pp.{path.stem}" for path in public_modules())]
+        pdoc = [str(BIN / "pdoc"), "--output-directory", str(ROOT / "docs" / "api"), *modules]
+        return subprocess.run([*pdoc, *rest], cwd=ROOT).returncode
     if command == "lint":
         ruff = str(BIN / "ruff")
         checked = subprocess.run([ruff, "check", *rest], cwd=ROOT).returncode
         return checked or subprocess.run([ruff, "format", "--check", *rest], cwd=ROOT).returncode
-    # One worker per core (at most 4), whole test files per worker, so that module fixtures
-    # (fitted models) are built once.
-    parallel = ["--numprocesses=auto", "--maxprocesses=4", "--dist=loadfile"]
+    # One worker per core (at most 4). Work stealing keeps the workers busy to the end: each
+    # starts on a contiguous share of the tests (so a file's fitted models are mostly built
+    # once), and an idle worker takes tests from the others' remaining ones.
+    parallel = ["--numprocesses=auto", "--maxprocesses=4", "--dist=worksteal"]
     pytest = [str(BIN / "python"), "-m", "pytest", *parallel, *rest]
     return subprocess.run(pytest, cwd=ROOT).returncode
 

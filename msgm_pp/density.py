@@ -48,9 +48,11 @@ class ExactTrace(eqx.Module):
     """The divergence as the exact Jacobian trace (d forward-mode products)."""
 
     def probes(self, key, steps: int, dim: int, dtype):
+        """No probes: an empty (steps + 1, 0, dim) array."""
         return jnp.zeros((steps + 1, 0, dim), dtype)
 
     def divergence(self, jvp, y, probes):
+        """tr ∂F/∂y from d Jacobian-vector products with the unit vectors."""
         return jnp.trace(jax.vmap(jvp)(jnp.eye(y.size, dtype=y.dtype)))
 
 
@@ -68,9 +70,11 @@ class HutchinsonTrace(eqx.Module):
             raise ValueError(f"`seed` must be a non-negative int, got {self.seed!r}.")
 
     def probes(self, key, steps: int, dim: int, dtype):
+        """Rademacher probes (steps + 1, num_probes, dim), one set per ODE time."""
         return jax.random.rademacher(key, (steps + 1, self.num_probes, dim), dtype=dtype)
 
     def divergence(self, jvp, y, probes):
+        """The Hutchinson estimate mean_k v_kᵀ (∂F/∂y) v_k, unbiased for tr ∂F/∂y."""
         return jnp.mean(jnp.sum(probes * jax.vmap(jvp)(probes), axis=-1))
 
 
@@ -102,6 +106,7 @@ class ODEDensity(eqx.Module):
         return self if self.trace is not None else ODEDensity(self.steps, default_trace(dim))
 
     def probe_key(self):
+        """The key of the Hutchinson probes (fixed by `seed`, so log_prob is a deterministic function)."""
         return jax.random.key(self.trace.seed if isinstance(self.trace, HutchinsonTrace) else 0)
 
 

@@ -44,6 +44,7 @@ class Latent(dist.Distribution):
 
     @property
     def has_rsample(self) -> bool:
+        """False: the norm model is sampled by its inverse CDF on a grid, not reparametrised."""
         return False
 
     @classmethod

@@ -192,6 +192,7 @@ class AbstractTensorNoise(AbstractNoise):
 
     @property
     def dim(self) -> int:
+        """d, the dimension of the rotated vectors."""
         return self.generators.shape[0]
 
     @property
@@ -367,6 +368,7 @@ class LatticeNoise(AbstractNoise):
 
     @property
     def dim(self) -> int:
+        """d = the number of lattice sites."""
         return math.prod(self.shape)
 
     def config(self) -> dict:
@@ -386,6 +388,7 @@ class LatticeNoise(AbstractNoise):
 
     @property
     def degree(self) -> int:
+        """The number of neighbours of a site: 2 on a ring, 4 on a grid."""
         return 2 * len(self.shape)
 
     def _edge_fields(self, xi):

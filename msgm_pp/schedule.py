@@ -33,9 +33,11 @@ class LinearSchedule(eqx.Module):
             raise ValueError(f"LinearSchedule needs T > 0, got T={self.T}.")
 
     def beta(self, s):
+        """β(s) = β_min + (β_max − β_min) s/T."""
         return self.beta_min + (self.beta_max - self.beta_min) * jnp.asarray(s) / self.T
 
     def integral(self, s):
+        """τ(s) = ∫_0^s β = β_min s + ½ (β_max − β_min) s²/T."""
         s = jnp.asarray(s)
         return self.beta_min * s + 0.5 * (self.beta_max - self.beta_min) * s**2 / self.T
 

@@ -35,6 +35,7 @@ class TangentScore(eqx.Module):
 
     @property
     def dim(self) -> int:
+        """d, the dimension of the points."""
         return self.noise.dim
 
     def __call__(self, u, log_r, s):

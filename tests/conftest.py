@@ -49,3 +49,20 @@ class PointMassScore(eqx.Module):
 def time_of_tau(schedule, tau):
     a = 0.5 * (schedule.beta_max - schedule.beta_min) / schedule.T
     return (-schedule.beta_min + math.sqrt(schedule.beta_min**2 + 4 * a * tau)) / (2 * a)
+
+
+def pytest_configure(config):
+    # ArviZ writes a once-a-day warning stamp on import through a fixed temporary file name
+    # (daily_warning.tmp, then a rename), so two xdist workers importing it at once on a fresh
+    # machine race: one renames the other's file away and its import fails with
+    # FileNotFoundError while collecting test_numpyro.py. Importing it once here, in the
+    # controller before the workers start, writes the stamp for the day.
+    if not hasattr(config, "workerinput"):
+        import arviz  # noqa: F401
+
+
+def pytest_collection_modifyitems(items):
+    # The notebooks are the longest tests (minutes each). With xdist's worksteal scheduling each
+    # worker starts on a contiguous share of this order and idle workers take tests from the
+    # others' remaining ones, so the longest tests go first instead of being left for the end.
+    items.sort(key=lambda item: item.path.name != "test_tutorials.py")
