@@ -261,7 +261,8 @@ def fit_network(
         )
     finally:
         bar.close()
-    if best_step == 0 and done > 0 and validation_rows.size > 0:
+    completed = stop_reason in ("max_steps", "early stopping")
+    if completed and best_step == 0 and validation_rows.size > 0:
         warn_caller(
             f"training never improved on the initial network's validation loss "
             f"({validation_losses[0]:.4g}) in {done} steps, so the returned network is the "

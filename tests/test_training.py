@@ -83,3 +83,66 @@ def test_validation_scores_about_2_to_the_17_values(row_size, validation_size, r
     """Ten held-out rows are repeated (with fresh noise) until they make 4096 rows for vectors,
     2^17 values for larger rows, and never fewer than 64 rows."""
     assert train.validation_repeats(10, row_size, validation_size) == repeats
+
+
+def test_non_finite_loss_keeps_the_last_finite_parameters():
+    def blows_up(net, batch, key):
+        loss = jnp.mean((net.w - batch) ** 2)
+        return jnp.where(net.w[0] > 0.5, jnp.nan, loss)
+
+    with pytest.warns(RuntimeWarning, match="NaN or inf"):
+        net, history = fit_mean(blows_up, 3)
+    assert history.stop_reason == "non-finite loss"
+    assert bool(jnp.all(jnp.isfinite(net.w))) and float(net.w[0]) <= 0.5
+    assert np.isfinite(history.train_loss).all() and history.train_loss.size < 1000
+
+
+@jax.custom_vjp
+def nan_gradient_above_half(w):
+    return w
+
+
+nan_gradient_above_half.defvjp(
+    lambda w: (w, w), lambda w, g: (jnp.where(w[0] > 0.5, jnp.nan, 1.0) * g,)
+)
+
+
+def test_non_finite_gradient_with_finite_loss_stops_and_keeps_the_steps_taken():
+    def poisoned(net, batch, key):
+        return jnp.mean((nan_gradient_above_half(net.w) - batch) ** 2)
+
+    with pytest.warns(RuntimeWarning, match="NaN or inf"):
+        net, history = fit_mean(poisoned, 3)
+    assert history.stop_reason == "non-finite loss"
+    assert bool(jnp.all(jnp.isfinite(net.w)))
+    # w[0] passes 0.5 within the first chunk of 100 steps: the steps before the first bad gradient
+    # are recorded, the rest of that chunk is not, and the best parameters are the initial ones
+    assert 0 < history.train_loss.size < 100 and history.best_step == 0
+
+
+def test_keyboard_interrupt_returns_the_best_model(monkeypatch):
+    calls = []
+    original = train._train_chunk
+
+    def interrupt_second_chunk(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(train, "_train_chunk", interrupt_second_chunk)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        _, history = fit_mean(squared_error, 4)
+    assert history.stop_reason == "interrupted"
+    assert history.best_step == 100 and history.train_loss.size == 100
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_bad_validation_fraction_is_refused(fraction):
+    with pytest.raises(ValueError, match="validation_fraction"):
+        train.split_validation(jax.random.key(0), 10, fraction)
+
+
+def test_a_single_row_cannot_be_split():
+    with pytest.raises(ValueError, match="nothing to train"):
+        train.split_validation(jax.random.key(0), 1, 0.5)
