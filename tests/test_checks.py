@@ -82,8 +82,7 @@ def test_rows_the_float_type_cannot_hold_are_named():
 @pytest.mark.parametrize("scale", [1e36, 1e-36])
 def test_data_at_extreme_float32_scales_build_models(scale):
     """Norms, log-norms and the norm model stay finite at any representable scale."""
-    data = (np.random.default_rng(0).standard_cauchy((400, 3)) * scale).astype(np.float32)
-    data = data[np.isfinite(data).all(1)]
+    data = (np.random.default_rng(0).standard_t(3.0, (400, 3)) * scale).astype(np.float32)
     model = mp.MSGM.build(data, key=KEY, density=mp.ODEDensity(4))
     assert np.isfinite(model.score.log_r_scale) and model.score.log_r_scale > 0
     assert np.isfinite(np.asarray(model.log_prob(data[:5]))).all()
