@@ -3,7 +3,7 @@
 `progress=None` (the default everywhere) chooses by where the output goes:
 
 - a terminal or a Jupyter notebook: a tqdm bar (`tqdm.auto`, a widget in notebooks);
-- a log file or pipe: a plain line every 30 seconds, and one at the end;
+- a log file or pipe: a plain line every 30 seconds (and a last one at the end if any was written);
 - CI (the `CI` environment variable set) or `MSGM_PP_PROGRESS=0`: nothing.
 
 `progress=True` forces the bar and `progress=False` silences it.
@@ -23,7 +23,7 @@ def _in_notebook() -> bool:
 
 
 def progress_mode(progress: bool | None) -> str:
-    """ "bar", "log" or "off" for a `progress` argument (see the module docstring)."""
+    """The mode of a `progress` argument: "bar", "log" or "off" (see the module docstring)."""
     if progress is not None:
         return "bar" if progress else "off"
     if os.environ.get("MSGM_PP_PROGRESS") == "0" or os.environ.get("CI"):
