@@ -63,10 +63,17 @@ class CoordinateScaling(eqx.Module):
         return -jnp.sum(jnp.log(self.scale))
 
 
+def robust_location_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-coordinate median and interquartile range / 1.349 of the rows of x (the standard
+    deviation for Gaussian data, and finite for any tail)."""
+    q25, median, q75 = np.quantile(x, [0.25, 0.5, 0.75], axis=0)
+    return median, (q75 - q25) / 1.349
+
+
 def normalization_of(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-coordinate (loc, scale) of the rows of x: mean and standard deviation ("standard"),
-    median and interquartile range / 1.349 ("robust", which is the standard deviation for Gaussian
-    data and finite for any tail), or (0, 1) ("none")."""
+    median and interquartile range / 1.349 ("robust", see :func:`robust_location_scale`), or
+    (0, 1) ("none")."""
     if kind not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {kind!r}; choose one of {list(NORMALIZATIONS)}.")
     if kind == "none":
@@ -74,8 +81,7 @@ def normalization_of(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     if kind == "standard":
         loc, scale = x.mean(0), x.std(0)
     else:
-        q25, loc, q75 = np.quantile(x, [0.25, 0.5, 0.75], axis=0)
-        scale = (q75 - q25) / 1.349
+        loc, scale = robust_location_scale(x)
     flat = np.flatnonzero(~(scale > 0))
     if flat.size:
         raise ValueError(
@@ -105,8 +111,7 @@ def unit_mismatch(x: np.ndarray) -> str | None:
     """Why the rows of x need a per-coordinate normalisation before a rotation-based model, or
     None: robust scales that differ more than 10-fold, or a median more than one robust scale
     away from the origin."""
-    q25, median, q75 = np.quantile(x, [0.25, 0.5, 0.75], axis=0)
-    scale = (q75 - q25) / 1.349
+    median, scale = robust_location_scale(x)
     if not np.all(scale > 0):
         return None
     reasons = []

@@ -106,7 +106,8 @@ class ODEDensity(eqx.Module):
         return self if self.trace is not None else ODEDensity(self.steps, default_trace(dim))
 
     def probe_key(self):
-        """The key of the Hutchinson probes (fixed by `seed`, so log_prob is a deterministic function)."""
+        """The key of the Hutchinson probes (fixed by `seed`, so that log_prob is a
+        deterministic function of x)."""
         return jax.random.key(self.trace.seed if isinstance(self.trace, HutchinsonTrace) else 0)
 
 

@@ -165,7 +165,8 @@ class KDENorm(AbstractNormModel):
 
     @classmethod
     def fit(cls, log_norms, bandwidth: float | None = None, max_grid: int = 8192) -> "KDENorm":
-        """A Gaussian KDE of the log-norms (Silverman's bandwidth unless given), tabulated on a grid of at most `max_grid` points."""
+        """A Gaussian KDE of the log-norms (Silverman's bandwidth unless given), tabulated on a
+        grid of at most `max_grid` points."""
         values = np.asarray(log_norms, dtype=np.float64)
         h = silverman_bandwidth(values) if bandwidth is None else float(bandwidth)
         if not h > 0:

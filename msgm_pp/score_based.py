@@ -283,11 +283,12 @@ class ScoreBasedDistribution(dist.Distribution):
             return jnp.zeros((*shape, *self.event_shape))
         chunk_size = max(1, min(n, _CHUNK_BUDGET // self.dim))
         keys = jax.random.split(key, math.ceil(n / chunk_size))
-        bar = progress_bar(n, "sampling", None if len(keys) > 1 and is_concrete(key) else False)
+        reported = len(keys) > 1 and is_concrete(key)
+        bar = progress_bar(n, "sampling", None if reported else False)
         chunks = []
         for number, chunk_key in enumerate(keys):
             chunks.append(_draw_chunk(self, chunk_key, chunk_size))
-            if len(keys) > 1 and is_concrete(key):
+            if reported:
                 jax.block_until_ready(chunks[-1])
                 bar.update(min(chunk_size, n - number * chunk_size))
         bar.close()
