@@ -1,9 +1,21 @@
 r"""Score-matching losses for the tangent score g_θ (see :mod:`msgm_pp.score`).
 
-A batch is (u_0, ℓ): unit directions (n, d) and log-norms (n,) of data points. Each loss draws
-s ~ U[t_ε, T], moves u_0 to u_s with the forward noise, and averages λ(s) × a per-sample term, with
-λ from `TangentScore.loss_weight` (or 1 when `weighted=False`, as in the paper). All three have the
-same minimiser, the true tangent score; they differ in variance and cost.
+A batch is (u_0, ℓ): unit directions (n, d) and log-norms (n,) of data points. Each loss draws a
+time s, moves u_0 to u_s with the forward noise, and averages a weight times a per-sample term. All
+three losses have the same minimiser, the true tangent score; they differ in variance and cost.
+
+The `weighting` says how times are drawn and weighted:
+
+- ``"likelihood"`` (the default): the score error is measured in the metric Σ(u) of the noise and
+  weighted by β(s), which makes the loss, up to a constant, the bound of Song, Durkan, Murray &
+  Ermon (2021) on KL(p_data ‖ p_θ) carried over to the sphere:
+  ½ ∫ β(s) E |g_θ − g|²_Σ(u) ds = ½ ∫ E |g_θ − g|²_Σ dτ. Its integrand grows like 1/τ at small τ,
+  so τ is drawn log-uniformly on [τ(t_ε), τ(T)] and weighted by τ log(τ(T)/τ(t_ε)) / (τ(T) −
+  τ(t_ε)) (importance sampling): an unbiased estimate of the mean over τ of the Σ-norm term,
+  with O(1) variance at every time.
+- ``"variance"``: s ~ U[t_ε, T] weighted by λ(s) (`TangentScore.loss_weight`), which keeps every
+  time's contribution O(1);
+- ``"none"``: s ~ U[t_ε, T], unweighted, as in the paper.
 
 - ``"ssm"``, sliced score matching (the paper's loss), per sample
   ½ gᵀΣ(u)g + vᵀ ∇(Σ(u)g) v with v a Rademacher vector: one jvp per sample. With x = r u the
@@ -12,7 +24,8 @@ same minimiser, the true tangent score; they differ in variance and cost.
 - ``"ism"``, implicit score matching: the same with the exact trace of the Jacobian (d jvps per
   sample; affordable for small d).
 - ``"dsm"``, denoising score matching for isotropic noise: ½ |g(u_s) − ∇_S log f_τ(u_s · u_0)|²
-  with the exact spherical heat-kernel target (:func:`msgm_pp.heat_kernel.heat_kernel_score`).
+  with the exact spherical heat-kernel target (:func:`msgm_pp.heat_kernel.heat_kernel_score`), in
+  the Σ(u) metric under the likelihood weighting.
 
 The forward draw is exact for isotropic noise (the tabulated heat kernel, d <= 64) and otherwise
 uses `forward_steps` steps of the norm-preserving integrator.
@@ -29,6 +42,7 @@ from msgm_pp.noise import IsotropicNoise
 from msgm_pp.score import TangentScore
 
 LOSS_NAMES = ("ssm", "ism", "dsm")
+WEIGHTINGS = ("likelihood", "variance", "none")
 
 
 def perturb_directions(noise, u0, tau, key, forward_steps: int = 16):
@@ -38,21 +52,25 @@ def perturb_directions(noise, u0, tau, key, forward_steps: int = 16):
     return simulate_directions(noise, u0, tau, key, forward_steps)
 
 
-def _noised_batch(score: TangentScore, batch, key, forward_steps):
+def _draw_times(score: TangentScore, shape, dtype, key, weighting: str):
+    """(s, τ(s), weight) for `shape` draws under `weighting` (see the module docstring)."""
+    if weighting == "likelihood":
+        tau_start, tau_end = score.tau(score.t_eps), score.tau(score.schedule.T)
+        log_ratio = jnp.log(tau_end / tau_start)
+        tau = tau_start * jnp.exp(log_ratio * jax.random.uniform(key, shape, dtype))
+        s = jnp.clip(score.schedule.inverse_integral(tau), score.t_eps, score.schedule.T)
+        return s, tau, tau * log_ratio / (tau_end - tau_start)
+    s = jax.random.uniform(key, shape, dtype, minval=score.t_eps, maxval=score.schedule.T)
+    weight = score.loss_weight(s) if weighting == "variance" else jnp.ones_like(s)
+    return s, score.tau(s), weight
+
+
+def _noised_batch(score: TangentScore, batch, key, forward_steps, weighting):
     u0, log_r = batch
     time_key, noise_key, extra_key = jax.random.split(key, 3)
-    s = jax.random.uniform(
-        time_key, log_r.shape, u0.dtype, minval=score.t_eps, maxval=score.schedule.T
-    )
-    tau = score.tau(s)
-    return (
-        u0,
-        log_r,
-        s,
-        tau,
-        perturb_directions(score.noise, u0, tau, noise_key, forward_steps),
-        extra_key,
-    )
+    s, tau, weight = _draw_times(score, log_r.shape, u0.dtype, time_key, weighting)
+    u = perturb_directions(score.noise, u0, tau, noise_key, forward_steps)
+    return u0, log_r, s, tau, u, weight, extra_key
 
 
 def _field_and_score(score, log_r, s):
@@ -76,34 +94,36 @@ def _ism_term(score, u, log_r, s):
     return 0.5 * jnp.dot(g, score.noise._diffusion(u, g)) + jnp.trace(jacobian)
 
 
-def _dsm_term(score, u, u0, log_r, s, tau):
-    return 0.5 * jnp.sum((score(u, log_r, s) - heat_kernel_score(u, u0, tau)) ** 2)
+def _dsm_term(score, u, u0, log_r, s, tau, metric: bool):
+    error = score(u, log_r, s) - heat_kernel_score(u, u0, tau)
+    return 0.5 * jnp.dot(error, score.noise._diffusion(u, error) if metric else error)
 
 
-def _weighted_mean(score, s, terms, weighted):
-    return jnp.mean(score.loss_weight(s) * terms) if weighted else jnp.mean(terms)
-
-
-def ssm_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weighted: bool = True):
+def ssm_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weighting="likelihood"):
     """Sliced score matching with Rademacher slices (one jvp per sample)."""
-    _, log_r, s, _, u, slice_key = _noised_batch(score, batch, key, forward_steps)
+    _, log_r, s, _, u, weight, slice_key = _noised_batch(
+        score, batch, key, forward_steps, weighting
+    )
     v = jax.random.rademacher(slice_key, u.shape, u.dtype)
     terms = jax.vmap(_ssm_term, in_axes=(None, 0, 0, 0, 0))(score, u, log_r, s, v)
-    return _weighted_mean(score, s, terms, weighted)
+    return jnp.mean(weight * terms)
 
 
-def ism_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weighted: bool = True):
+def ism_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weighting="likelihood"):
     """Implicit score matching with the exact Jacobian trace (d jvps per sample)."""
-    _, log_r, s, _, u, _ = _noised_batch(score, batch, key, forward_steps)
+    _, log_r, s, _, u, weight, _ = _noised_batch(score, batch, key, forward_steps, weighting)
     terms = jax.vmap(_ism_term, in_axes=(None, 0, 0, 0))(score, u, log_r, s)
-    return _weighted_mean(score, s, terms, weighted)
+    return jnp.mean(weight * terms)
 
 
-def dsm_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weighted: bool = True):
+def dsm_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weighting="likelihood"):
     """Denoising score matching against the exact heat-kernel target (isotropic noise)."""
-    u0, log_r, s, tau, u, _ = _noised_batch(score, batch, key, forward_steps)
-    terms = jax.vmap(_dsm_term, in_axes=(None, 0, 0, 0, 0, 0))(score, u, u0, log_r, s, tau)
-    return _weighted_mean(score, s, terms, weighted)
+    u0, log_r, s, tau, u, weight, _ = _noised_batch(score, batch, key, forward_steps, weighting)
+    metric = weighting == "likelihood"
+    terms = jax.vmap(_dsm_term, in_axes=(None, 0, 0, 0, 0, 0, None))(
+        score, u, u0, log_r, s, tau, metric
+    )
+    return jnp.mean(weight * terms)
 
 
 _LOSSES = {"ssm": ssm_loss, "ism": ism_loss, "dsm": dsm_loss}
@@ -111,20 +131,28 @@ _LOSSES = {"ssm": ssm_loss, "ism": ism_loss, "dsm": dsm_loss}
 
 class ScoreMatchingLoss(eqx.Module):
     """The loss `name` ("ssm", "ism" or "dsm") as (score, batch, key) -> scalar, with its
-    `forward_steps` and `weighted` settings; compared by value, so compiled training is reused."""
+    `forward_steps` and `weighting` ("likelihood", "variance" or "none"); compared by value, so
+    compiled training is reused."""
 
     name: str = eqx.field(static=True)
     forward_steps: int = eqx.field(static=True, default=16)
-    weighted: bool = eqx.field(static=True, default=True)
+    weighting: str = eqx.field(static=True, default="likelihood")
 
     def __check_init__(self):
         if self.name not in LOSS_NAMES:
             raise ValueError(f"unknown loss {self.name!r}; choose one of {list(LOSS_NAMES)}.")
         check_positive_int(self.forward_steps, "forward_steps")
+        check_weighting(self.weighting)
 
     def __call__(self, score, batch, key):
         loss = _LOSSES[self.name]
-        return loss(score, batch, key, forward_steps=self.forward_steps, weighted=self.weighted)
+        return loss(score, batch, key, forward_steps=self.forward_steps, weighting=self.weighting)
+
+
+def check_weighting(weighting) -> str:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {list(WEIGHTINGS)}.")
+    return weighting
 
 
 def dsm_applies(noise) -> bool:
@@ -132,7 +160,7 @@ def dsm_applies(noise) -> bool:
     return isinstance(noise, IsotropicNoise) and noise.dim <= DSM_MAX_DIM
 
 
-def make_loss(name: str, noise, *, forward_steps: int = 16, weighted: bool = True):
+def make_loss(name: str, noise, *, forward_steps: int = 16, weighting: str = "likelihood"):
     """The loss `name` ("ssm", "ism" or "dsm") for `noise`, checked for applicability."""
     if name not in LOSS_NAMES:
         raise ValueError(f"unknown loss {name!r}; choose one of {list(LOSS_NAMES)}.")
@@ -141,4 +169,4 @@ def make_loss(name: str, noise, *, forward_steps: int = 16, weighted: bool = Tru
             "loss='dsm' needs the exact transition density, known for IsotropicNoise with "
             f"d <= {DSM_MAX_DIM}; got {type(noise).__name__} with d = {noise.dim}. Use loss='ssm'."
         )
-    return ScoreMatchingLoss(name, int(forward_steps), bool(weighted))
+    return ScoreMatchingLoss(name, int(forward_steps), check_weighting(weighting))

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msgm_pp._checks import check_key, check_points, warn_caller
+from msgm_pp._checks import check_key, check_points, warn_caller, warn_deprecated
 from msgm_pp.coordinates import CoordinateScaling, coordinate_scaling, unit_mismatch
-from msgm_pp.density import log_prob_point
+from msgm_pp.density import HeldOutNegLogLikelihood, ODEDensity, log_prob_point
 from msgm_pp.latent import Latent
 from msgm_pp.losses import ScoreMatchingLoss, dsm_applies, make_loss
 from msgm_pp.nets import LatticeScoreNet, ScoreMLP
@@ -34,6 +34,8 @@ from msgm_pp.score_based import ScoreBasedDistribution, fit_built, flat_points, 
 from msgm_pp.serialization import serializable
 from msgm_pp.sphere import log_norm
 from msgm_pp.training import TrainingHistory
+
+VALIDATION_DENSITY_STEPS = 32
 
 
 def make_noise(noise, dim: int, *, key) -> AbstractNoise:
@@ -204,6 +206,7 @@ class MSGM(ScoreBasedDistribution):
             log_r_loc=float(log_r.mean()),
             log_r_scale=float(max(log_r.std(), 1e-6)),
             t_eps=float(t_eps),
+            noise_scaled=True,
         )
         return cls(
             score,
@@ -222,6 +225,11 @@ class MSGM(ScoreBasedDistribution):
             return max(4, min(256, 2048 // self.dim))
         return 256
 
+    def default_max_steps(self) -> int:
+        """20000 steps for vectors; 5000 for a lattice, whose steps cost in proportion to the
+        field (benchmarks/lattice_defaults.py: 261 s at 8×8 on 2 cores)."""
+        return 5000 if isinstance(self.noise, LatticeNoise) else 20000
+
     def training_data(self, data):
         """(u, ℓ): the unit directions (n, d) and log-norms (n,) of the data's coordinates y that
         the losses take."""
@@ -229,14 +237,30 @@ class MSGM(ScoreBasedDistribution):
         log_r = log_norm(y)
         return y / jnp.exp(log_r)[:, None], log_r
 
-    def loss(self, name=None, *, forward_steps: int = 16, weighted: bool = True):
+    def loss(self, name=None, *, forward_steps: int = 16, weighting: str = "likelihood"):
         """The score-matching loss `name` for this model's noise: "dsm", "ssm" or "ism"; None picks
-        "dsm" where its exact target exists (isotropic noise, d <= 32) and "ssm" otherwise."""
+        "dsm" where its exact target exists (isotropic noise, d <= 32) and "ssm" otherwise.
+        `weighting` ("likelihood", "variance" or "none") is explained in :mod:`msgm_pp.losses`."""
         if isinstance(name, ScoreMatchingLoss):
-            name, forward_steps, weighted = name.name, name.forward_steps, name.weighted
+            name, forward_steps, weighting = name.name, name.forward_steps, name.weighting
         if name is None:
             name = "dsm" if dsm_applies(self.noise) else "ssm"
-        return make_loss(name, self.noise, forward_steps=forward_steps, weighted=weighted)
+        return make_loss(name, self.noise, forward_steps=forward_steps, weighting=weighting)
+
+    def validation_criterion(self, name=None):
+        """The early-stopping criterion for :func:`msgm_pp.train`: "likelihood", the held-out
+        log-likelihood of the first 1024 validation rows by a 32-step probability-flow ODE
+        (:class:`~msgm_pp.density.HeldOutNegLogLikelihood`), or "loss", the training loss on noised
+        copies of them (returned as None). None picks "likelihood" for d <= 32 and "loss" above,
+        where an exact trace costs more than the training it checks."""
+        if name is None:
+            name = "likelihood" if self.dim <= 32 else "loss"
+        if name == "loss":
+            return None
+        if name != "likelihood":
+            raise ValueError(f"`validation` must be 'likelihood', 'loss' or None, got {name!r}.")
+        density = ODEDensity(steps=VALIDATION_DENSITY_STEPS, trace=self.density.trace)
+        return HeldOutNegLogLikelihood(self.score, self.norm_model, density)
 
     @classmethod
     def fit(
@@ -248,20 +272,22 @@ class MSGM(ScoreBasedDistribution):
         loss=None,
         net=None,
         schedule=None,
-        max_steps: int = 5000,
+        max_steps: int | None = None,
         batch_size: int | None = None,
-        learning_rate=1e-3,
+        learning_rate=None,
         clip_norm: float | None = None,
         optimizer=None,
         validation_fraction: float = 0.1,
-        patience: int | None = 10,
-        eval_every: int = 250,
+        patience: int | None = 20,
+        eval_every: int = 500,
+        validation: str | None = None,
+        ema_decay: float | None = None,
         norm: str = "kde+gpd",
         norm_options: dict | None = None,
         normalization="none",
         t_eps: float = 1e-3,
         forward_steps: int = 16,
-        weighted: bool = True,
+        weighting: str = "likelihood",
         sampler=None,
         density=None,
         progress: bool | None = None,
@@ -275,17 +301,31 @@ class MSGM(ScoreBasedDistribution):
             loss: "dsm" (exact heat-kernel target; the default for isotropic noise with d <= 32),
                 "ssm" (the paper's sliced score matching; the default otherwise) or "ism".
             forward_steps: integrator steps for the forward draws where they are not exact.
-            weighted: weight the loss by λ(s) (see `TangentScore.loss_weight`); False is the paper.
-            learning_rate, clip_norm: for the default Adam optimiser (learning_rate may be an optax
-                schedule); or pass any optax `optimizer`.
+            weighting: how the loss draws and weights times: "likelihood" (the default: the
+                likelihood weighting with importance-sampled times), "variance" (λ(s), the 0.2
+                default) or "none" (the paper); see :mod:`msgm_pp.losses`. The 0.2 keyword
+                `weighted` still works, with a DeprecationWarning (True is "variance", False
+                "none").
+            learning_rate, clip_norm: for the default Adam optimiser: a number, an optax schedule,
+                or None for :func:`~msgm_pp.training.cosine_learning_rate` (peak 3e-3); or pass
+                any optax `optimizer`.
+            validation: the early-stopping criterion: "likelihood" or "loss"; None picks by
+                dimension (see :meth:`validation_criterion`).
             batch_size: rows per step; None takes :meth:`default_batch_size`.
-            max_steps, validation_fraction, patience, eval_every, progress: see
+            max_steps: optimiser steps at most; None takes :meth:`default_max_steps`.
+            validation_fraction, patience, eval_every, ema_decay, progress: see
                 :func:`msgm_pp.training.fit_network`.
 
         Returns:
             The trained MSGM; its `history` holds the losses and the settings.
         """
         deprecated, training = split_training(deprecated, max_steps)
+        if "weighted" in deprecated:
+            warn_deprecated(
+                "fit(weighted=...) is deprecated: pass weighting='variance' (weighted=True) or "
+                "weighting='none' (weighted=False); the default is now weighting='likelihood'."
+            )
+            weighting = "variance" if deprecated.pop("weighted") else "none"
         model = cls.build(
             data,
             key=key,
@@ -300,7 +340,7 @@ class MSGM(ScoreBasedDistribution):
             density=density,
             **deprecated,
         )
-        loss = model.loss(loss, forward_steps=forward_steps, weighted=weighted)
+        loss = model.loss(loss, forward_steps=forward_steps, weighting=weighting)
         return fit_built(
             model,
             data,
@@ -315,6 +355,8 @@ class MSGM(ScoreBasedDistribution):
                 validation_fraction=validation_fraction,
                 patience=patience,
                 eval_every=eval_every,
+                validation=validation,
+                ema_decay=ema_decay,
                 progress=progress,
             ),
             settings=dict(
@@ -326,7 +368,10 @@ class MSGM(ScoreBasedDistribution):
                 normalization=normalization if isinstance(normalization, str) else "custom",
                 t_eps=float(t_eps),
                 forward_steps=forward_steps,
-                weighted=weighted,
+                weighting=loss.weighting,
+                validation="loss"
+                if model.validation_criterion(validation) is None
+                else "likelihood",
             ),
         )
 

@@ -6,16 +6,17 @@ r"""Reverse-time samplers: what `sample` integrates, as small typed settings obj
 - :class:`ODESampler` runs the probability-flow ODE dy/dt = ½ β Σ(y)∇log p by Heun's method
   (:func:`msgm_pp.heun.heun_step`), on the sphere for an MSGM, where every step is a rotation.
 
-Both take `steps` equal steps in s from T down to t_ε; a step from s to s − h covers
+Both take `steps` steps from T down to t_ε, equally spaced in log τ
+(:func:`msgm_pp.schedule.time_grid`); a step from s to s − h covers
 Δτ = τ(s) − τ(s − h) exactly. For an MSGM only the direction u moves, at fixed norm r.
 """
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 
 from msgm_pp._checks import check_positive_int
 from msgm_pp.heun import heun_step
+from msgm_pp.schedule import time_grid
 from msgm_pp.score import TangentScore
 from msgm_pp.serialization import serializable
 from msgm_pp.sphere import geodesic_step, project_tangent, renormalise
@@ -54,14 +55,14 @@ def check_sampler(sampler) -> AbstractSampler:
     return sampler
 
 
-def reverse_times(T: float, t_eps: float, steps: int, dtype):
-    """The `steps` + 1 equally spaced times from T down to t_ε."""
-    return T - (T - t_eps) * jnp.arange(steps + 1, dtype=dtype) / steps
+def reverse_times(schedule, t_eps: float, steps: int, dtype):
+    """The `steps` + 1 times of :func:`msgm_pp.schedule.time_grid` from T down to t_ε."""
+    return time_grid(schedule, t_eps, steps, dtype)[::-1]
 
 
 def reverse_directions(score: TangentScore, u_T, log_r, key, sampler: AbstractSampler):
     """Integrate the reverse dynamics of directions u_T (n, d) with log-norms ℓ (n,) to s = t_ε."""
-    times = reverse_times(score.schedule.T, score.t_eps, sampler.steps, u_T.dtype)
+    times = reverse_times(score.schedule, score.t_eps, sampler.steps, u_T.dtype)
     drift = jax.vmap(score.drift, in_axes=(0, 0, None))
     sde_step = jax.vmap(score.noise.rotation_step, in_axes=(0, 0, None, 0, None))
 

@@ -1,12 +1,18 @@
-"""Noise schedules β(s) on s ∈ [0, T] and the mixing-aware default.
+"""Noise schedules β(s) on s ∈ [0, T], the mixing-aware default, and the integration grid.
 
 The direction process du = √β(s) G(u) ∘ dB depends on time only through the integrated intensity
 τ(s) = ∫_0^s β(s') ds'. A schedule is therefore summarised by `beta` and `integral`.
+
+Near s = 0 the score of the noised law grows like τ^{-1/2} and its divergence like τ^{-1}, so a
+step of fixed length in s is too coarse there (with 64 equal steps the log-density of a sharply
+trained model is off by 0.3 nats on the paper's task). :func:`time_grid` spaces the integration
+times equally in log τ, where both integrands are O(1) per unit.
 """
 
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
 from msgm_pp.serialization import serializable
@@ -40,6 +46,44 @@ class LinearSchedule(eqx.Module):
         """τ(s) = ∫_0^s β = β_min s + ½ (β_max − β_min) s²/T."""
         s = jnp.asarray(s)
         return self.beta_min * s + 0.5 * (self.beta_max - self.beta_min) * s**2 / self.T
+
+    def inverse_integral(self, tau):
+        """The time s >= 0 with τ(s) = `tau`, the positive root of the quadratic τ(s)."""
+        tau = jnp.asarray(tau)
+        if self.beta_max == self.beta_min:
+            return tau / self.beta_min
+        slope = (self.beta_max - self.beta_min) / self.T
+        if self.beta_min == 0:
+            return jnp.sqrt(2.0 * tau / slope)
+        # 2τ / (β_min + √(β_min² + 2 slope τ)): the root without cancellation at small τ.
+        return 2.0 * tau / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * slope * tau))
+
+
+def time_grid(schedule, t_eps: float, steps: int, dtype):
+    """`steps` + 1 increasing times from t_ε to T, equally spaced in φ(τ) = log τ + κ τ/τ_T with
+    κ = log(τ_T/τ(t_ε)): about half the steps equally spaced in log τ (where the small-time
+    score is sharp) and half equally spaced in τ (where the law relaxes to the latent one)."""
+    tau_start = schedule.integral(jnp.asarray(t_eps, dtype))
+    tau_end = schedule.integral(jnp.asarray(schedule.T, dtype))
+    kappa = jnp.log(tau_end / tau_start)
+
+    def phi(log_tau):
+        return log_tau + kappa * jnp.exp(log_tau) / tau_end
+
+    fractions = jnp.arange(steps + 1, dtype=dtype) / steps
+    targets = phi(jnp.log(tau_start)) + fractions * (
+        phi(jnp.log(tau_end)) - phi(jnp.log(tau_start))
+    )
+
+    def newton(log_tau, _):
+        slope = 1.0 + kappa * jnp.exp(log_tau) / tau_end
+        return jnp.clip(log_tau - (phi(log_tau) - targets) / slope, None, jnp.log(tau_end)), None
+
+    # φ is convex in log τ and starting to the right of the root (φ(w) >= w), Newton converges
+    # monotonically; 40 iterations reach float32 round-off from any start on [τ_ε, τ_T].
+    log_tau, _ = jax.lax.scan(newton, jnp.minimum(targets, jnp.log(tau_end)), None, length=40)
+    times = schedule.inverse_integral(jnp.exp(log_tau))
+    return times.at[0].set(t_eps).at[-1].set(schedule.T)
 
 
 def mixing_schedule(

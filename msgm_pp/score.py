@@ -18,7 +18,14 @@ from msgm_pp.serialization import serializable
 
 @serializable
 class TangentScore(eqx.Module):
-    """g_θ(u, ℓ, s) = P_u net(u, (ℓ − log_r_loc)/log_r_scale, s/T) for one point."""
+    """g_θ(u, ℓ, s) = P_u net(u, (ℓ − log_r_loc)/log_r_scale, s/T) / σ(s) for one point.
+
+    With `noise_scaled` (what `MSGM.build` makes), σ(s) = √λ(s) = √(1 − exp(−v τ(s))), the spread
+    of a direction at time s (see :meth:`loss_weight`): the score of the noised law grows like
+    τ^{-1/2} as s → 0, and dividing by σ keeps what the network outputs O(1) at every time, as the
+    noise prediction ε_θ = −σ ∇log p_t of additive diffusion models does. Without it (older model
+    files) σ = 1.
+    """
 
     net: eqx.Module
     noise: AbstractNoise
@@ -26,6 +33,7 @@ class TangentScore(eqx.Module):
     log_r_loc: float = eqx.field(static=True)
     log_r_scale: float = eqx.field(static=True)
     t_eps: float = eqx.field(static=True)
+    noise_scaled: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if not self.log_r_scale > 0:
@@ -41,6 +49,8 @@ class TangentScore(eqx.Module):
     def __call__(self, u, log_r, s):
         z = (log_r - self.log_r_loc) / self.log_r_scale
         g = self.net(u, z, s / self.schedule.T)
+        if self.noise_scaled:
+            g = g / jnp.sqrt(self.loss_weight(s))
         return g - jnp.dot(g, u) * u
 
     def tau(self, s):

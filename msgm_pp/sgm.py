@@ -15,8 +15,9 @@ predicts the noise, and the score is ∇log p_t(x̃) = −ε_θ(x̃, t)/σ_t. Lo
   σ_t² (½ |s_θ|² + vᵀ ∇s_θ v) = ½ |ε_θ|² − σ_t vᵀ ∇ε_θ v, one jvp per sample.
 
 Samplers, in τ: the reverse SDE by Euler–Maruyama, x̃ ← x̃ + Δτ (½ x̃ + s) + √Δτ z, and the
-probability-flow ODE dx̃/dτ = −½ (x̃ + s) by Heun's method. `log_prob` integrates that ODE forward
-from x̃ at t_ε to T with the trapezoid rule for its divergence:
+probability-flow ODE dx̃/dτ = −½ (x̃ + s) by Heun's method, both on the grid of `time_grid` (equal
+steps in log τ). `log_prob` integrates that ODE forward from x̃ at t_ε to T with the trapezoid rule
+for its divergence:
 
     log p(x) = log N(x̃_T; 0, I) + ∫ div(−½ (x̃ + s)) dτ − Σ_i log scale_i.
 """
@@ -29,11 +30,11 @@ from jax.scipy.stats import norm as std_normal
 
 from msgm_pp._checks import check_key
 from msgm_pp.coordinates import normalization_of
-from msgm_pp.density import forward_times, integrate_log_density, irregular_log_prob
+from msgm_pp.density import integrate_log_density, irregular_log_prob
 from msgm_pp.heun import heun_step
 from msgm_pp.nets import TimeMLP
 from msgm_pp.samplers import SDESampler, reverse_times
-from msgm_pp.schedule import LinearSchedule
+from msgm_pp.schedule import LinearSchedule, time_grid
 from msgm_pp.score_based import ScoreBasedDistribution, fit_built, flat_points, split_training
 from msgm_pp.serialization import serializable
 from msgm_pp.training import TrainingHistory
@@ -138,7 +139,7 @@ def _velocity(score: VPScore, y, t):
 
 
 def _reverse(score: VPScore, y_T, key, sampler):
-    times = reverse_times(score.schedule.T, score.t_eps, sampler.steps, y_T.dtype)
+    times = reverse_times(score.schedule, score.t_eps, sampler.steps, y_T.dtype)
     score_at = jax.vmap(score, in_axes=(0, None))
     velocity = jax.vmap(_velocity, in_axes=(None, 0, None))
 
@@ -164,7 +165,7 @@ def log_prob_point(score: VPScore, x, density, key):
     """log p_{t_ε}(x) for one point x (d,) by the probability-flow ODE; see the module docstring."""
     regular = jnp.all(jnp.isfinite(x))
     y0 = score.normalise(jnp.where(regular, x, score.loc))
-    times = forward_times(score.t_eps, score.schedule.T, density.steps, y0.dtype)
+    times = time_grid(score.schedule, score.t_eps, density.steps, y0.dtype)
     probes = density.trace.probes(key, density.steps, score.dim, y0.dtype)
     velocity = lambda y, t: _velocity(score, y, t)
     y_T, divergence = integrate_log_density(velocity, y0, times, score.tau, density.trace, probes)
@@ -261,14 +262,15 @@ class SGM(ScoreBasedDistribution):
         net=None,
         schedule: LinearSchedule | None = None,
         normalization: str = "robust",
-        max_steps: int = 5000,
+        max_steps: int | None = None,
         batch_size: int | None = None,
-        learning_rate=1e-3,
+        learning_rate=None,
         clip_norm: float | None = None,
         optimizer=None,
         validation_fraction: float = 0.1,
-        patience: int | None = 10,
-        eval_every: int = 250,
+        patience: int | None = 20,
+        eval_every: int = 500,
+        ema_decay: float | None = None,
         t_eps: float = 1e-3,
         sampler=None,
         density=None,
@@ -280,7 +282,7 @@ class SGM(ScoreBasedDistribution):
         Args:
             data, key, net, schedule, normalization, t_eps, sampler, density: see :meth:`build`.
             loss: "dsm" (default) or "ssm" (the paper's comparison).
-            The other arguments are those of :meth:`MSGM.fit`.
+            The other arguments are those of :meth:`MSGM.fit`; early stopping uses the loss.
 
         Returns:
             The trained SGM; its `history` holds the losses and the settings.
@@ -312,6 +314,7 @@ class SGM(ScoreBasedDistribution):
                 validation_fraction=validation_fraction,
                 patience=patience,
                 eval_every=eval_every,
+                ema_decay=ema_decay,
                 progress=progress,
             ),
             settings=dict(

@@ -6,9 +6,11 @@ model for its loss and training arrays and runs :func:`fit_network`, which optim
 - minibatches of `batch_size` rows are drawn with replacement inside the compiled step, and
   `eval_every` steps run as one `lax.scan`, so Python is entered only between evaluations;
 - a validation split (fixed at the start) is scored after each chunk with a fixed key (common
-  random numbers, so successive values differ by the parameters only); the parameters with the
-  best validation loss are returned, and training stops after `patience` evaluations without
+  random numbers, so successive values differ by the parameters only), by the loss or by a
+  criterion of the caller's (an MSGM's held-out log-likelihood); the parameters with the best
+  validation value are returned, and training stops after `patience` evaluations without
   improvement;
+- optionally, an exponential moving average of the parameters is kept, validated and returned;
 - a non-finite loss or gradient freezes the parameters at their last finite values and stops
   training with a warning; Ctrl-C stops it too, and both return the best parameters so far;
 - a progress bar shows the losses (see `msgm_pp._progress` for where it appears);
@@ -70,10 +72,30 @@ def optimizer_settings(learning_rate, clip_norm, optimizer) -> dict:
     """How the optimiser was chosen, for `TrainingHistory.settings` (schedules and custom
     optimisers are recorded by kind only)."""
     return {
-        "learning_rate": learning_rate if isinstance(learning_rate, float | int) else "schedule",
+        "learning_rate": (
+            "cosine"
+            if learning_rate is None
+            else learning_rate
+            if isinstance(learning_rate, float | int)
+            else "schedule"
+        ),
         "clip_norm": clip_norm,
         "optimizer": "adam" if optimizer is None else "custom",
     }
+
+
+def cosine_learning_rate(max_steps: int, peak: float = 3e-3):
+    """The default learning rate of `fit`: a linear warm-up over the first 5% of `max_steps` (at
+    most 500 steps) to `peak`, then a cosine decay to 1% of it at `max_steps`. The decay matters
+    for a density: the score is learned to the precision that the final steps' noise allows."""
+    max_steps = check_positive_int(max_steps, "max_steps")
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=min(500, max_steps // 20),
+        decay_steps=max_steps,
+        end_value=0.01 * peak,
+    )
 
 
 def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None):
@@ -123,11 +145,13 @@ def _select(flag, new, old):
 
 
 @eqx.filter_jit
-def _train_chunk(params, static, opt_state, optimizer, loss, data, keys, batch_size, sharding=None):
+def _train_chunk(
+    params, average, static, opt_state, optimizer, loss, data, keys, batch_size, ema_decay, sharding
+):
     num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
 
     def step(carry, key):
-        params, opt_state, finite = carry
+        params, average, opt_state, finite = carry
         batch_key, loss_key = jax.random.split(key)
         rows = jax.random.randint(batch_key, (batch_size,), 0, num_rows)
         batch = jax.tree_util.tree_map(lambda a: a[rows], data)
@@ -139,13 +163,18 @@ def _train_chunk(params, static, opt_state, optimizer, loss, data, keys, batch_s
         updates, new_state = optimizer.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
         finite = finite & jnp.isfinite(value) & _tree_all_finite(grads)
-        carry = (_select(finite, new_params, params), _select(finite, new_state, opt_state), finite)
+        params = _select(finite, new_params, params)
+        if ema_decay is not None:
+            average = jax.tree_util.tree_map(
+                lambda a, p: ema_decay * a + (1.0 - ema_decay) * p, average, params
+            )
+        carry = (params, average, _select(finite, new_state, opt_state), finite)
         return carry, (value, finite)
 
-    (params, opt_state, _), (values, finite_steps) = jax.lax.scan(
-        step, (params, opt_state, jnp.asarray(True)), keys
+    (params, average, opt_state, _), (values, finite_steps) = jax.lax.scan(
+        step, (params, average, opt_state, jnp.asarray(True)), keys
     )
-    return params, opt_state, finite_steps, values
+    return params, average, opt_state, finite_steps, values
 
 
 @eqx.filter_jit
@@ -167,6 +196,8 @@ def fit_network(
     patience: int | None = 10,
     eval_every: int = 250,
     validation_size: int | None = None,
+    validation=None,
+    ema_decay: float | None = None,
     progress: bool | None = None,
 ):
     """Minimise `loss(net, batch, key)` over the inexact arrays of `net`; see the module docstring.
@@ -178,13 +209,20 @@ def fit_network(
         key: a JAX PRNG key.
         max_steps: maximum number of optimiser steps.
         batch_size: rows per step; with several JAX devices, a multiple of their number.
-        optimizer: an optax transformation; `make_optimizer()` (Adam, lr 1e-3) by default.
+        optimizer: an optax transformation; by default Adam with
+            `cosine_learning_rate(max_steps)`.
         validation_fraction: share of rows held out for validation and early stopping.
         patience: evaluations without improvement before stopping (None: never stop early).
         eval_every: steps per compiled chunk, between validation evaluations.
         validation_size: validation points scored per evaluation (the held-out rows repeated with
             fresh noise until at least this many); None scores about 2^17 values, between 64 and
-            4096 rows (4096 for rows of up to 32 values).
+            4096 rows (4096 for rows of up to 32 values). Only for the default criterion.
+        validation: the criterion (net, rows, key) -> scalar to minimise on the validation rows,
+            evaluated once per chunk with a fixed key; None uses `loss`, averaged over
+            `validation_size` noised copies.
+        ema_decay: keep an exponential moving average of the parameters, a ← decay a + (1 −
+            decay) θ after every step, and validate and return the average instead of θ (None:
+            no average).
         progress: True for a progress bar, False for none; None chooses by where the output
             goes (a bar in a terminal or notebook, a line every 30 s in a log, nothing in CI).
 
@@ -196,7 +234,9 @@ def fit_network(
     eval_every = check_positive_int(eval_every, "eval_every")
     if patience is not None:
         patience = check_positive_int(patience, "patience")
-    optimizer = make_optimizer() if optimizer is None else optimizer
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise ValueError(f"`ema_decay` must lie in (0, 1) or be None, got {ema_decay!r}.")
+    optimizer = make_optimizer(cosine_learning_rate(max_steps)) if optimizer is None else optimizer
     sharding = batch_sharding(batch_size)
     split_key, validation_key, train_key = jax.random.split(check_key(key), 3)
     num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
@@ -204,15 +244,22 @@ def fit_network(
     train_data = jax.tree_util.tree_map(lambda a: a[train_rows], data)
     validation_data = jax.tree_util.tree_map(lambda a: a[validation_rows], data)
     row_size = math.prod(jax.tree_util.tree_leaves(data)[0].shape[1:])
-    repeats = validation_repeats(validation_rows.size, row_size, validation_size)
+    if validation is None:
+        validation = loss
+        repeats = validation_repeats(validation_rows.size, row_size, validation_size)
+    else:
+        repeats = 1
 
     params, static = eqx.partition(net, eqx.is_inexact_array)
+    average = params
     opt_state = optimizer.init(params)
 
     def validate(params):
         if validation_rows.size == 0:
             return math.nan
-        return float(_evaluate(params, static, loss, validation_data, validation_key, repeats))
+        return float(
+            _evaluate(params, static, validation, validation_data, validation_key, repeats)
+        )
 
     best_params, best_step, best_value = params, 0, validate(params)
     validation_losses, validation_steps, train_losses = [best_value], [0], []
@@ -222,8 +269,18 @@ def fit_network(
         while done < max_steps:
             chunk = min(eval_every, max_steps - done)
             keys = jax.random.split(jax.random.fold_in(train_key, done), chunk)
-            params, opt_state, finite_steps, values = _train_chunk(
-                params, static, opt_state, optimizer, loss, train_data, keys, batch_size, sharding
+            params, average, opt_state, finite_steps, values = _train_chunk(
+                params,
+                average,
+                static,
+                opt_state,
+                optimizer,
+                loss,
+                train_data,
+                keys,
+                batch_size,
+                ema_decay,
+                sharding,
             )
             values, finite_steps = np.asarray(values), np.asarray(finite_steps)
             if not finite_steps.all():
@@ -241,11 +298,12 @@ def fit_network(
             train_losses.extend(values.tolist())
             done += chunk
             bar.update(chunk)
-            value = validate(params)
+            kept = params if ema_decay is None else average
+            value = validate(kept)
             validation_losses.append(value)
             validation_steps.append(done)
             if validation_rows.size == 0 or value < best_value:
-                best_params, best_step, best_value, since_best = params, done, value, 0
+                best_params, best_step, best_value, since_best = kept, done, value, 0
             else:
                 since_best += 1
             bar.set_postfix(train=f"{values.mean():.4g}", validation=f"{value:.4g}")
@@ -282,6 +340,7 @@ def fit_network(
             ("validation_fraction", validation_fraction),
             ("patience", patience),
             ("eval_every", eval_every),
+            ("ema_decay", ema_decay),
         ),
     )
     return eqx.combine(best_params, static), history
@@ -293,12 +352,14 @@ def train(
     *,
     key,
     loss=None,
-    max_steps: int = 5000,
+    max_steps: int | None = None,
     batch_size: int | None = None,
     optimizer: optax.GradientTransformation | None = None,
     validation_fraction: float = 0.1,
-    patience: int | None = 10,
-    eval_every: int = 250,
+    patience: int | None = 20,
+    eval_every: int = 500,
+    validation=None,
+    ema_decay: float | None = None,
     progress: bool | None = None,
 ):
     """Train the network of `model` (an MSGM or SGM, e.g. from `MSGM.build`) on `data`.
@@ -308,10 +369,13 @@ def train(
         data: the training data, of shape (n,) + the model's event shape.
         key: a JAX PRNG key; the same key gives the same parameters.
         loss: the model's loss (a name or loss object; see `MSGM.fit`); its default when None.
-        optimizer: an optax transformation; Adam with learning rate 1e-3 when None.
+        optimizer: an optax transformation; Adam with `cosine_learning_rate(max_steps)` when
+            None.
         batch_size: rows per step; None takes `model.default_batch_size()`.
-        max_steps, validation_fraction, patience, eval_every, progress: see
-            :func:`fit_network`.
+        max_steps: optimiser steps at most; None takes `model.default_max_steps()`.
+        validation: the early-stopping criterion, a name that `model.validation_criterion`
+            knows ("likelihood" or "loss") or None for the model's default.
+        validation_fraction, patience, eval_every, ema_decay, progress: see :func:`fit_network`.
 
     Returns:
         The model with the trained network and its `TrainingHistory`.
@@ -321,12 +385,14 @@ def train(
         model.network_loss(loss),
         model.training_data(data),
         key=key,
-        max_steps=max_steps,
+        max_steps=model.default_max_steps() if max_steps is None else max_steps,
         batch_size=model.default_batch_size() if batch_size is None else batch_size,
         optimizer=optimizer,
         validation_fraction=validation_fraction,
         patience=patience,
         eval_every=eval_every,
+        validation=model.validation_criterion(validation),
+        ema_decay=ema_decay,
         progress=progress,
     )
     return model.with_network(net, history)

@@ -14,14 +14,14 @@ from msgm_pp.sphere import log_sphere_area
 TAU_0 = 0.1
 
 
-def point_mass_model(d: int, **options):
-    """An MSGM whose score is exact: directions are the heat kernel at τ = TAU_0 around e_1, and
+def point_mass_model(d: int, tau_0: float = TAU_0, **options):
+    """An MSGM whose score is exact: directions are the heat kernel at τ = tau_0 around e_1, and
     log-norms are N(0, 1) through a KDE norm model. Its density is closed-form:
-    log p(x) = log p_ℓ(ℓ) − d ℓ + log f_{TAU_0}(u · e_1)."""
+    log p(x) = log p_ℓ(ℓ) − d ℓ + log f_{tau_0}(u · e_1)."""
     noise = mp.IsotropicNoise(d)
     schedule = mp.mixing_schedule(noise)
     u0 = jnp.zeros(d).at[0].set(1.0)
-    t_eps = time_of_tau(schedule, TAU_0)
+    t_eps = time_of_tau(schedule, tau_0)
     score = TangentScore(PointMassScore(u0, schedule), noise, schedule, 0.0, 1.0, t_eps)
     norm_model = mp.KDENorm.fit(np.random.default_rng(0).standard_normal(4000))
     return mp.MSGM(score, norm_model, **options), u0
@@ -42,8 +42,8 @@ def typical_points(model, u0, n, key):
     return jnp.exp(log_r)[:, None] * u, log_r, u
 
 
-def closed_form(model, u0, log_r, u):
-    return model.norm_model.log_prob(log_r) - model.dim * log_r + log_heat_kernel(u, u0, TAU_0)
+def closed_form(model, u0, log_r, u, tau_0: float = TAU_0):
+    return model.norm_model.log_prob(log_r) - model.dim * log_r + log_heat_kernel(u, u0, tau_0)
 
 
 @pytest.mark.parametrize("d", [2, 3, 16])
@@ -51,7 +51,8 @@ def test_log_prob_matches_the_heat_kernel(d):
     """With the exact score, log_prob is the heat-kernel density up to (a) the latent's residual
     non-uniformity at T, bounded by max |log f_{τ(T)} + log|S^{d−1}|| (the schedule mixes to 1e-3),
     and (b) the O(h²) error of the ODE: it is below 0.01 nats at 256 steps in d = 2, where the
-    kernel is sharpest, and falls about 16× from 64 to 256 steps."""
+    kernel is sharpest, and the distance to the 1024-step solution falls more than 10× from 64 to
+    256 steps (16× for a second-order method; measured 17× in d = 2)."""
     model, u0 = point_mass_model(d)
     x, log_r, u = typical_points(model, u0, 400, jax.random.key(d))
     exact = closed_form(model, u0, log_r, u)
@@ -59,13 +60,28 @@ def test_log_prob_matches_the_heat_kernel(d):
     residual = float(
         jnp.max(jnp.abs(log_heat_kernel(u, u0, score.tau(score.schedule.T)) + log_sphere_area(d)))
     )
+    log_p = {steps: with_steps(model, steps).log_prob(x) for steps in (64, 256, 1024)}
+    assert float(jnp.max(jnp.abs(log_p[256] - exact))) < residual + 0.01
+    distance = {steps: float(jnp.max(jnp.abs(log_p[steps] - log_p[1024]))) for steps in (64, 256)}
+    if distance[64] > 1e-3:  # above float32 round-off of the solve
+        assert distance[64] / distance[256] > 10.0
+
+
+@pytest.mark.parametrize("d", [3, 8])
+def test_log_prob_is_accurate_for_a_sharp_kernel(d):
+    """At τ_0 = 1e-3 (a direction spread of about 0.04 rad, as a well-trained model has near t_ε)
+    the integrand of the ODE varies on the scale of τ itself, so equal steps in s were off by 1.2
+    to 1.5 nats at 64 steps. The grid of `time_grid` (equal steps in log τ near t_ε) brings the
+    largest error over 400 points to 0.09 (d = 3) and 0.14 (d = 8) at 64 steps, and below 0.01
+    at 256."""
+    model, u0 = point_mass_model(d, tau_0=1e-3)
+    x, log_r, u = typical_points(model, u0, 400, jax.random.key(d))
+    exact = closed_form(model, u0, log_r, u, tau_0=1e-3)
     errors = {
         steps: float(jnp.max(jnp.abs(with_steps(model, steps).log_prob(x) - exact)))
         for steps in (64, 256)
     }
-    assert errors[256] < residual + 0.01
-    if errors[64] > 10 * residual:
-        assert errors[64] / errors[256] > 10.0
+    assert errors[64] < 0.2 and errors[256] < 0.01
 
 
 def test_hutchinson_trace_is_an_unbiased_deterministic_estimate():

@@ -86,3 +86,25 @@ def test_lattice_start_correlation_follows_the_drift_and_ends_below_the_toleranc
         assert abs(mean - math.exp(-0.25 * noise.degree * tau)) < 4 * se
     mean, se = correlation(float(schedule.integral(1.0)), jax.random.key(3))
     assert mean < tol + 4 * se
+
+
+@pytest.mark.parametrize(
+    "schedule", [mp.LinearSchedule(0.05, 5.0), mp.vp_schedule(), mp.LinearSchedule(0.0, 2.0, T=3.0)]
+)
+def test_time_grid_is_increasing_and_equally_spaced_in_phi(schedule):
+    """The grid runs from t_ε to T, and φ(τ) = log τ + κ τ/τ_T (κ = log(τ_T/τ_ε)) increases by
+    equal amounts; inverse_integral undoes integral."""
+    from msgm_pp.schedule import time_grid
+
+    times = np.asarray(
+        time_grid(schedule, 1e-3, 64, jnp.float64 if jax.config.x64_enabled else jnp.float32),
+        np.float64,
+    )
+    assert times[0] == pytest.approx(1e-3) and times[-1] == pytest.approx(schedule.T)
+    assert np.all(np.diff(times) > 0)
+    tau = np.asarray(schedule.integral(times), np.float64)
+    kappa = np.log(tau[-1] / tau[0])
+    phi = np.log(tau) + kappa * tau / tau[-1]
+    np.testing.assert_allclose(np.diff(phi), (phi[-1] - phi[0]) / 64, rtol=2e-2)
+    s = jnp.linspace(0.0, schedule.T, 7)
+    np.testing.assert_allclose(schedule.inverse_integral(schedule.integral(s)), s, atol=1e-5)

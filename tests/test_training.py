@@ -146,3 +146,41 @@ def test_bad_validation_fraction_is_refused(fraction):
 def test_a_single_row_cannot_be_split():
     with pytest.raises(ValueError, match="nothing to train"):
         train.split_validation(jax.random.key(0), 1, 0.5)
+
+
+def test_ema_returns_the_moving_average_of_the_iterates():
+    """Full-batch gradient descent on ½|w − c|² has iterates w_k = c + (1 − η)^k (w_0 − c) (the
+    minibatch rows are resampled, so the loss here ignores them); the returned network is the
+    average a_k = δ a_{k−1} + (1 − δ) w_k with a_0 = w_0, to float32 rounding."""
+    target = jnp.array([1.0, -2.0, 3.0])
+    loss = lambda net, batch, key: 0.5 * jnp.sum((net.w - target) ** 2) + 0.0 * jnp.sum(batch)
+    rate, decay, steps = 0.05, 0.9, 60
+    net, history = fit_mean(
+        loss, 0, max_steps=steps, optimizer=optax.sgd(rate), ema_decay=decay, validation_fraction=0
+    )
+    average = np.zeros(3)
+    for k in range(1, steps + 1):
+        iterate = np.asarray(target) * (1 - (1 - rate) ** k)
+        average = decay * average + (1 - decay) * iterate
+    np.testing.assert_allclose(net.w, average, rtol=1e-5)
+    assert dict(history.settings)["ema_decay"] == decay
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit_mean(loss, 0, ema_decay=1.0)
+
+
+def test_a_custom_validation_criterion_chooses_the_parameters():
+    """With `validation`, early stopping and the returned parameters follow that criterion: here
+    the distance to a point that training moves away from after the start, so the initial
+    network is kept and the recorded values are the criterion's."""
+    criterion = lambda net, rows, key: jnp.sum((net.w - jnp.array([-5.0, 5.0, -5.0])) ** 2)
+    with pytest.warns(RuntimeWarning, match="never improved"):
+        net, history = fit_mean(squared_error, 3, max_steps=300, validation=criterion, patience=2)
+    np.testing.assert_array_equal(net.w, jnp.zeros(3))
+    assert history.stop_reason == "early stopping" and history.best_step == 0
+    np.testing.assert_allclose(history.validation_loss[0], 75.0)
+
+
+def test_the_default_learning_rate_warms_up_then_decays_by_a_cosine():
+    schedule = train.cosine_learning_rate(20_000)
+    values = np.array([float(schedule(step)) for step in (0, 250, 500, 10_250, 20_000)])
+    np.testing.assert_allclose(values, [0.0, 1.5e-3, 3e-3, 0.5 * (3e-3 + 3e-5), 3e-5], rtol=1e-3)
