@@ -25,43 +25,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _comparison import MODELS, sample_metrics
+from _comparison import MODELS, sample_metrics, student_t_fit
 from _machine import machine
-from scipy import optimize, stats
+from scipy import stats
 
 from msgm_pp import metrics
 from msgm_pp.datasets import EU_STOCK_INDICES, eu_stock_returns
 
 N_SAMPLES = 10_000
 LEVELS = (0.9, 0.99)
-
-
-def student_t_fit(train):
-    """Maximum-likelihood multivariate t (ν, μ, Σ), optimised over (log ν, μ, Cholesky factor with
-    log diagonal) on per-coordinate standardised data and mapped back."""
-    d = train.shape[1]
-    rows, cols = np.tril_indices(d)
-    center, spread = train.mean(0), train.std(0)
-    z = (train - center) / spread
-
-    def unpack(theta):
-        chol = np.zeros((d, d))
-        chol[rows, cols] = theta[1 + d :]
-        chol[np.diag_indices(d)] = np.exp(np.diag(chol))
-        return np.exp(theta[0]), theta[1 : 1 + d], chol @ chol.T
-
-    def negative_log_likelihood(theta):
-        nu, mu, sigma = unpack(theta)
-        try:
-            return -stats.multivariate_t(mu, sigma, df=nu).logpdf(z).sum()
-        except np.linalg.LinAlgError:
-            return np.inf
-
-    start = np.linalg.cholesky(np.cov(z.T))
-    start[np.diag_indices(d)] = np.log(np.diag(start))
-    theta0 = np.concatenate([[np.log(4.0)], np.zeros(d), start[rows, cols]])
-    nu, mu, sigma = unpack(optimize.minimize(negative_log_likelihood, theta0, method="L-BFGS-B").x)
-    return nu, center + spread * mu, sigma * np.outer(spread, spread)
 
 
 def run_seed(returns, seed: int, steps: int) -> dict:
