@@ -150,6 +150,7 @@ class ScoreMatchingLoss(eqx.Module):
 
 
 def check_weighting(weighting) -> str:
+    """`weighting` if it is one of WEIGHTINGS; a ValueError naming them otherwise."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {list(WEIGHTINGS)}.")
     return weighting
