@@ -42,7 +42,17 @@ def steps_per_second(net, loss, data, repeats: int = 3) -> float:
     params, static = eqx.partition(net, eqx.is_inexact_array)
     state = optimizer.init(params)
     run = lambda key: _train_chunk(
-        params, static, state, optimizer, loss, data, jax.random.split(key, CHUNK), BATCH
+        params,
+        params,
+        static,
+        state,
+        optimizer,
+        loss,
+        data,
+        jax.random.split(key, CHUNK),
+        BATCH,
+        None,
+        None,
     )
     jax.block_until_ready(run(jax.random.key(0)))
     best = math.inf
@@ -78,7 +88,13 @@ def training_speeds(data) -> dict:
             else make_noise(noise_name, D, key=jax.random.key(0))
         )
         score = TangentScore(
-            mp.ScoreMLP(D, key=jax.random.key(0)), noise, mp.mixing_schedule(noise), 0.0, 1.0, 1e-3
+            mp.ScoreMLP(D, key=jax.random.key(0)),
+            noise,
+            mp.mixing_schedule(noise),
+            0.0,
+            1.0,
+            1e-3,
+            noise_scaled=True,
         )
         loss = NetworkLoss(score, make_loss(loss_name, noise))
         speeds[f"msgm {noise_name} ({loss_name})"] = steps_per_second(score.net, loss, batch)
