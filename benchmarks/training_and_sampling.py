@@ -43,7 +43,7 @@ def steps_per_second(net, loss, data, repeats: int = 3) -> float:
     state = optimizer.init(params)
     run = lambda key: _train_chunk(
         params,
-        params,
+        None,
         static,
         state,
         optimizer,

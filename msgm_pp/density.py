@@ -17,7 +17,8 @@ y ↦ F(y/|y|) at y = u. The gradient of log p in x is taken through the whole O
 radial dependence that enters through the network's ℓ input is kept.
 
 The path is integrated with the second-order geodesic Heun scheme of the ODE sampler (forward in s,
-on the grid of :func:`msgm_pp.schedule.time_grid`, equal steps in log τ) and the divergence with the matching trapezoid rule.
+on the grid of :func:`msgm_pp.schedule.time_grid`, equal steps in log τ near t_ε) and the divergence
+with the matching trapezoid rule.
 
 The settings are one object, :class:`ODEDensity` (`steps`, and the divergence estimator `trace`):
 

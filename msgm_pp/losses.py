@@ -142,18 +142,14 @@ class ScoreMatchingLoss(eqx.Module):
         if self.name not in LOSS_NAMES:
             raise ValueError(f"unknown loss {self.name!r}; choose one of {list(LOSS_NAMES)}.")
         check_positive_int(self.forward_steps, "forward_steps")
-        check_weighting(self.weighting)
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"unknown weighting {self.weighting!r}; choose one of {list(WEIGHTINGS)}."
+            )
 
     def __call__(self, score, batch, key):
         loss = _LOSSES[self.name]
         return loss(score, batch, key, forward_steps=self.forward_steps, weighting=self.weighting)
-
-
-def check_weighting(weighting) -> str:
-    """`weighting` if it is one of WEIGHTINGS; a ValueError naming them otherwise."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; choose one of {list(WEIGHTINGS)}.")
-    return weighting
 
 
 def dsm_applies(noise) -> bool:
@@ -170,4 +166,4 @@ def make_loss(name: str, noise, *, forward_steps: int = 16, weighting: str = "li
             "loss='dsm' needs the exact transition density, known for IsotropicNoise with "
             f"d <= {DSM_MAX_DIM}; got {type(noise).__name__} with d = {noise.dim}. Use loss='ssm'."
         )
-    return ScoreMatchingLoss(name, int(forward_steps), check_weighting(weighting))
+    return ScoreMatchingLoss(name, int(forward_steps), weighting)

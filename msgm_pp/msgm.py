@@ -253,14 +253,17 @@ class MSGM(ScoreBasedDistribution):
         (:class:`~msgm_pp.density.HeldOutNegLogLikelihood`), or "loss", the training loss on noised
         copies of them (returned as None). None picks "likelihood" for d <= 32 and "loss" above,
         where an exact trace costs more than the training it checks."""
-        if name is None:
-            name = "likelihood" if self.dim <= 32 else "loss"
-        if name == "loss":
+        if self._validation_name(name) == "loss":
             return None
-        if name != "likelihood":
-            raise ValueError(f"`validation` must be 'likelihood', 'loss' or None, got {name!r}.")
         density = ODEDensity(steps=VALIDATION_DENSITY_STEPS, trace=self.density.trace)
         return HeldOutNegLogLikelihood(self.score, self.norm_model, density)
+
+    def _validation_name(self, name) -> str:
+        if name is None:
+            return "likelihood" if self.dim <= 32 else "loss"
+        if name not in ("likelihood", "loss"):
+            raise ValueError(f"`validation` must be 'likelihood', 'loss' or None, got {name!r}.")
+        return name
 
     @classmethod
     def fit(
@@ -369,9 +372,7 @@ class MSGM(ScoreBasedDistribution):
                 t_eps=float(t_eps),
                 forward_steps=forward_steps,
                 weighting=loss.weighting,
-                validation="loss"
-                if model.validation_criterion(validation) is None
-                else "likelihood",
+                validation=model._validation_name(validation),
             ),
         )
 

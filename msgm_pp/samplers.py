@@ -6,7 +6,7 @@ r"""Reverse-time samplers: what `sample` integrates, as small typed settings obj
 - :class:`ODESampler` runs the probability-flow ODE dy/dt = ½ β Σ(y)∇log p by Heun's method
   (:func:`msgm_pp.heun.heun_step`), on the sphere for an MSGM, where every step is a rotation.
 
-Both take `steps` steps from T down to t_ε, equally spaced in log τ
+Both take `steps` steps from T down to t_ε, equally spaced in log τ near t_ε and in τ near T
 (:func:`msgm_pp.schedule.time_grid`); a step from s to s − h covers
 Δτ = τ(s) − τ(s − h) exactly. For an MSGM only the direction u moves, at fixed norm r.
 """

@@ -6,7 +6,7 @@ The direction process du = √β(s) G(u) ∘ dB depends on time only through the
 Near s = 0 the score of the noised law grows like τ^{-1/2} and its divergence like τ^{-1}, so a
 step of fixed length in s is too coarse there (with 64 equal steps the log-density of a sharply
 trained model is off by 0.3 nats on the paper's task). :func:`time_grid` spaces the integration
-times equally in log τ, where both integrands are O(1) per unit.
+times equally in log τ near t_ε, where both integrands are O(1) per unit, and equally in τ near T.
 """
 
 import math

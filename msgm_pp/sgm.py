@@ -16,7 +16,7 @@ predicts the noise, and the score is ∇log p_t(x̃) = −ε_θ(x̃, t)/σ_t. Lo
 
 Samplers, in τ: the reverse SDE by Euler–Maruyama, x̃ ← x̃ + Δτ (½ x̃ + s) + √Δτ z, and the
 probability-flow ODE dx̃/dτ = −½ (x̃ + s) by Heun's method, both on the grid of `time_grid` (equal
-steps in log τ). `log_prob` integrates that ODE forward from x̃ at t_ε to T with the trapezoid rule
+steps in log τ near t_ε, in τ near T). `log_prob` integrates that ODE forward from x̃ at t_ε to T with the trapezoid rule
 for its divergence:
 
     log p(x) = log N(x̃_T; 0, I) + ∫ div(−½ (x̃ + s)) dτ − Σ_i log scale_i.

@@ -251,7 +251,7 @@ def fit_network(
         repeats = 1
 
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    average = params
+    average = None if ema_decay is None else params
     opt_state = optimizer.init(params)
 
     def validate(params):
