@@ -22,6 +22,7 @@ from msgm_pp.norm_models import (
     KDENorm,
     fit_norm_model,
 )
+from msgm_pp.posterior import TwistedSMC
 from msgm_pp.samplers import ODESampler, SDESampler
 from msgm_pp.schedule import LinearSchedule, mixing_schedule
 from msgm_pp.score import TangentScore
@@ -55,6 +56,7 @@ __all__ = [
     "TensorNoise",
     "TimeMLP",
     "TrainingHistory",
+    "TwistedSMC",
     "VPLoss",
     "VPScore",
     "__version__",

@@ -97,6 +97,11 @@ class AbstractNoise(eqx.Module):
     def _diffusion(self, x, v):
         return self._apply(x, self._apply_transpose(x, v))
 
+    def drift_coordinates(self, u, g):
+        """The increment coordinates that a drift g adds per unit of time in `rotation_step`:
+        G(u)ᵀ g, so that rotation_step(u, ξ + √dt c, dt) = rotation_step(u, ξ, dt, g, dt)."""
+        return self._apply_transpose(u, g)
+
     @_batched("(d),(k)->(d)")
     def apply(self, x, xi):
         """G(x) ξ."""
@@ -167,10 +172,14 @@ class IsotropicNoise(AbstractNoise):
     def _ito_drift(self, x):
         return -0.5 * (self.dim - 1) * x
 
+    def drift_coordinates(self, u, g):
+        """P_u g: the increment here is a tangent vector, not generator coordinates."""
+        return project_tangent(u, g)
+
     def rotation_step(self, u, xi, noise_dt, g=None, drift_dt=0.0):
         v = jnp.sqrt(noise_dt) * project_tangent(u, xi)
         if g is not None:
-            v = v + drift_dt * project_tangent(u, g)
+            v = v + drift_dt * self.drift_coordinates(u, g)
         return sphere_exp(u, v)
 
     def mixing_rate(self) -> float:
@@ -215,7 +224,7 @@ class AbstractTensorNoise(AbstractNoise):
     def rotation_step(self, u, xi, noise_dt, g=None, drift_dt=0.0):
         theta = jnp.sqrt(noise_dt) * xi
         if g is not None:
-            theta = theta + drift_dt * self._apply_transpose(u, g)
+            theta = theta + drift_dt * self.drift_coordinates(u, g)
         half_omega = 0.5 * jnp.einsum("ijk,k->ij", self.generators, theta, precision=_FULL)
         eye = jnp.eye(self.dim, dtype=u.dtype)
         return jnp.linalg.solve(eye - half_omega, u + jnp.matmul(half_omega, u, precision=_FULL))
@@ -414,7 +423,7 @@ class LatticeNoise(AbstractNoise):
     def rotation_step(self, u, xi, noise_dt, g=None, drift_dt=0.0):
         theta = jnp.sqrt(noise_dt) * xi
         if g is not None:
-            theta = theta + drift_dt * self._apply_transpose(u, g)
+            theta = theta + drift_dt * self.drift_coordinates(u, g)
         phi = self._edge_fields(theta)
         u = u.reshape(self.shape)
         for axis, masks, fractions in _strang_sweep(self.shape):
