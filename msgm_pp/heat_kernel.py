@@ -31,6 +31,7 @@ import functools
 import math
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -368,10 +369,19 @@ def _kernel_lookup(field: str, theta, tau, d):
     return _catmull_rom_rows(jnp.asarray(getattr(table, field), dtype), row, column)
 
 
+def _norm_with_zero_gradient_at_zero(v):
+    squared = jnp.sum(v**2, axis=-1)
+    positive = squared > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
 def geodesic_angle(u, u0):
     """θ = arccos(u · u0) for unit vectors, computed as 2 atan2(|u − u0|, |u + u0|) (no loss of
-    precision near 0 or π)."""
-    return 2.0 * jnp.arctan2(jnp.linalg.norm(u - u0, axis=-1), jnp.linalg.norm(u + u0, axis=-1))
+    precision near 0 or π). Differentiable everywhere: at u = ±u0, where |u ∓ u0| has no
+    gradient, the gradient taken is 0 instead of NaN."""
+    return 2.0 * jnp.arctan2(
+        _norm_with_zero_gradient_at_zero(u - u0), _norm_with_zero_gradient_at_zero(u + u0)
+    )
 
 
 def log_heat_kernel(u, u0, tau):
@@ -399,3 +409,26 @@ def heat_kernel_score(u, u0, tau):
     ratio = jnp.exp(log_ratio - 0.5 * (d - 1) * tau)
     c = jnp.sum(u * u0, axis=-1, keepdims=True)
     return ratio[..., None] * (u0 - c * u)
+
+
+class PointMassMixtureScore(eqx.Module):
+    r"""The exact network output of an MSGM whose directions are drawn from point masses.
+
+    If u_0 = m_j with probability w_j, independently of the norm, the direction at time τ has the
+    density p_τ(u) = Σ_j w_j f_τ(u · m_j), and its score on the sphere is
+
+        ∇_S log p_τ(u) = Σ_j π_j(u) ∇_S log f_τ(u · m_j),   π_j ∝ w_j f_τ(u · m_j).
+
+    It has the `net(u, z, t)` interface of :class:`~msgm_pp.TangentScore` (use noise_scaled=False):
+    a model with an exact score, to validate samplers and posteriors against closed forms.
+    """
+
+    directions: jax.Array
+    log_weights: jax.Array
+    schedule: eqx.Module
+
+    def __call__(self, u, z, t):
+        tau = self.schedule.integral(t * self.schedule.T)
+        log_kernels = jax.vmap(lambda m: log_heat_kernel(u, m, tau))(self.directions)
+        responsibilities = jax.nn.softmax(log_kernels + self.log_weights)
+        return responsibilities @ jax.vmap(lambda m: heat_kernel_score(u, m, tau))(self.directions)

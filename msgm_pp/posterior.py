@@ -38,9 +38,10 @@ prior (they must not depend on x), and its `particles_per_norm` particles are re
 themselves. Each group's total weight then estimates p(ℓ) p(y | ℓ, θ) / q(ℓ) without bias, so the
 whole run is importance sampling over (ℓ, θ) with unbiased weights, consistent as the number of
 groups grows (Tran et al. 2013, "Importance sampling squared"). The first of `norm_rounds` pilot
-runs uses q = p_ℓ; each later run uses 0.9 N(m, (1.5 s)²) + 0.1 p_ℓ with m and s the weighted mean
-and standard deviation of the previous run's log-norms. Only the last run is returned; the pilots
-only choose q.
+runs uses q = p_ℓ; each later run uses 0.9 × a kernel density of the previous run's group
+log-norms, weighted by the groups' total weights, + 0.1 p_ℓ (so that q covers the prior's tails
+and every mode a pilot found). The groups' norms are drawn stratified over the mixture's parts.
+Only the last run is returned; the pilots only choose q.
 """
 
 import math
@@ -54,7 +55,7 @@ from numpyro import handlers
 from numpyro.distributions import Distribution
 from numpyro.primitives import Messenger
 
-from msgm_pp._checks import check_key, check_positive_int, describe_indices
+from msgm_pp._checks import check_key, check_positive_int, describe_indices, warn_caller
 from msgm_pp._progress import progress_bar
 from msgm_pp.msgm import MSGM
 from msgm_pp.samplers import reverse_times
@@ -62,32 +63,41 @@ from msgm_pp.score_based import ScoreBasedDistribution
 from msgm_pp.sphere import project_tangent, renormalise, sphere_exp
 
 DEFENSIVE_PRIOR_WEIGHT = 0.1
-NORM_WIDENING = 1.5
 MAX_GUIDANCE_SHIFT = 3.0
 
 
 class NormProposal(NamedTuple):
-    """q(ℓ) = (1 − w) N(mean, sd²) + w p_ℓ(ℓ); w = 1 is the prior itself."""
+    """q(ℓ) = (1 − w) Σ_j π_j N(ℓ; c_j, b²) + w p_ℓ(ℓ): a kernel density of earlier log-norms
+    (centres c_j, log-weights log π_j, bandwidth b) with a share w of the prior; w = 1 is the
+    prior itself."""
 
-    mean: jax.Array
-    sd: jax.Array
+    centres: jax.Array
+    log_mix: jax.Array
+    bandwidth: jax.Array
     prior_weight: jax.Array
 
     @classmethod
-    def prior(cls, dtype) -> "NormProposal":
-        return cls(jnp.zeros((), dtype), jnp.ones((), dtype), jnp.ones((), dtype))
+    def prior(cls, groups: int, dtype) -> "NormProposal":
+        zeros = jnp.zeros((groups,), dtype)
+        return cls(zeros, zeros - math.log(groups), jnp.ones((), dtype), jnp.ones((), dtype))
 
     def sample(self, key, norm_model, n: int, dtype):
-        choice_key, normal_key, prior_key = jax.random.split(key, 3)
-        from_prior = jax.random.uniform(choice_key, (n,), dtype) < self.prior_weight
-        normal = self.mean + self.sd * jax.random.normal(normal_key, (n,), dtype)
-        return jnp.where(from_prior, norm_model.sample(prior_key, (n,)).astype(dtype), normal)
+        """n draws with the components stratified: round(w n) from the prior, the rest from the
+        kernels in proportion to their weights (systematic resampling), which keeps the draws a
+        valid sample for weights p/q (a deterministic mixture) with less variance."""
+        prior_key, choice_key, noise_key = jax.random.split(key, 3)
+        from_prior = jnp.arange(n) < jnp.round(self.prior_weight * n)
+        components = _systematic_indices(choice_key, self.log_mix, n)
+        kernel = self.centres[components] + self.bandwidth * jax.random.normal(
+            noise_key, (n,), dtype
+        )
+        return jnp.where(from_prior, norm_model.sample(prior_key, (n,)).astype(dtype), kernel)
 
     def log_prob(self, log_r, norm_model):
-        z = (log_r - self.mean) / self.sd
-        normal = -0.5 * z**2 - jnp.log(self.sd) - 0.5 * math.log(2.0 * math.pi)
+        z = (log_r[..., None] - self.centres) / self.bandwidth
+        kernels = -0.5 * z**2 - jnp.log(self.bandwidth) - 0.5 * math.log(2.0 * math.pi)
         return jnp.logaddexp(
-            jnp.log1p(-self.prior_weight) + normal,
+            jnp.log1p(-self.prior_weight) + jax.nn.logsumexp(kernels + self.log_mix, axis=-1),
             jnp.log(self.prior_weight) + norm_model.log_prob(log_r),
         )
 
@@ -97,11 +107,13 @@ class SMCOutput(NamedTuple):
 
     x: jax.Array
     others: dict
-    log_r: jax.Array
-    log_weights: jax.Array
+    group_log_r: jax.Array
+    group_log_weights: jax.Array
     ess: jax.Array
+    group_ess: jax.Array
     log_evidence: jax.Array
     resamplings: jax.Array
+    dropped: jax.Array
 
 
 class ModelParts(NamedTuple):
@@ -115,8 +127,9 @@ class ModelParts(NamedTuple):
 
 
 class _PlaceholderPriorDraws(Messenger):
-    """Give score-based sites a placeholder value (zeros) instead of running their sampler: the
-    structure of a model is read without a costly and irrelevant reverse-time draw."""
+    """Give score-based sites a placeholder value instead of running their sampler, so that the
+    structure of a model is read without a costly reverse-time draw: for an MSGM a draw of its
+    latent law (a typical norm, a uniform direction), ones otherwise."""
 
     def __init__(self, fn=None):
         self.filled: dict[str, tuple[int, ...]] = {}
@@ -124,9 +137,23 @@ class _PlaceholderPriorDraws(Messenger):
 
     def process_message(self, msg):
         if msg["type"] == "sample" and msg["value"] is None:
-            if isinstance(msg["fn"], ScoreBasedDistribution):
-                msg["value"] = jnp.zeros(msg["fn"].shape(msg["kwargs"].get("sample_shape", ())))
+            fn = msg["fn"]
+            if isinstance(fn, ScoreBasedDistribution):
+                shape = fn.shape(msg["kwargs"].get("sample_shape", ()))
+                msg["value"] = (
+                    _latent_point(fn, jax.random.key(0)).reshape(shape)
+                    if isinstance(fn, MSGM) and shape == fn.event_shape
+                    else jnp.ones(shape)
+                )
                 self.filled[msg["name"]] = tuple(msg["value"].shape)
+
+
+def _latent_point(prior: MSGM, key):
+    """A point of the MSGM's latent law in data coordinates, shaped like a sample."""
+    log_r, u = prior.latent.sample_polar(key)
+    y = jnp.exp(log_r) * u
+    x = y if prior.coordinates is None else prior.coordinates.denormalise(y)
+    return x.reshape(prior.event_shape)
 
 
 def _trace(model, args, kwargs, *, substitutions, key=None):
@@ -283,7 +310,7 @@ class TwistedSMC:
         bar = progress_bar(self.num_chains * (self.norm_rounds + 1), "twisted SMC", self.progress)
         runs = []
         for chain_key in chain_keys:
-            proposal = NormProposal.prior(dtype)
+            proposal = NormProposal.prior(settings["groups"], dtype)
             for round_key in jax.random.split(chain_key, self.norm_rounds + 1)[:-1]:
                 pilot = run_once(round_key, proposal)
                 proposal = _adapted_proposal(pilot, prior.norm_model, dtype)
@@ -293,6 +320,21 @@ class TwistedSMC:
             bar.set_postfix(ess=f"{float(runs[-1].ess):.0f}")
         bar.close()
         self._runs, self._parts = runs, parts
+        empty = [
+            chain for chain, run in enumerate(runs) if not np.isfinite(float(run.log_evidence))
+        ]
+        if empty:
+            raise ValueError(
+                f"every particle of run(s) {empty} has weight 0: the likelihood is zero or "
+                "non-finite wherever the prior's draws fall. Check the model and the data."
+            )
+        dropped = int(sum(int(run.dropped) for run in runs))
+        if dropped:
+            warn_caller(
+                f"{dropped} times a particle met a non-finite score, twist or likelihood and "
+                "was given weight 0; the estimates use the others. Check the model for overflow "
+                "or values outside its support (see TwistedSMC.dropped per run)."
+            )
 
     def _require_runs(self) -> list[SMCOutput]:
         if not self._runs:
@@ -316,9 +358,22 @@ class TwistedSMC:
         return np.asarray([float(run.ess) for run in self._require_runs()])
 
     @property
+    def group_ess(self) -> np.ndarray:
+        """The effective number of norm groups, (chains,): the ESS of the groups' total weights.
+        Particles of a group share their norm and are resampled together, so when the groups'
+        weights are uneven this, not `ess`, bounds the information about the norm."""
+        return np.asarray([float(run.group_ess) for run in self._require_runs()])
+
+    @property
     def log_evidence(self) -> np.ndarray:
         """Each run's estimate of log p(y) (unbiased in p(y), up to the prior's own sampler)."""
         return np.asarray([float(run.log_evidence) for run in self._require_runs()])
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """How many times a particle of each run met non-finite values and was given weight 0
+        (resampling refills the dropped places, so this can exceed the particles)."""
+        return np.asarray([int(run.dropped) for run in self._require_runs()])
 
     @property
     def resamplings(self) -> np.ndarray:
@@ -359,10 +414,7 @@ def _model_functions(model, args, kwargs, parts: ModelParts):
 
 def _check_likelihood(log_likelihood, draw_others, prior: MSGM, parts: ModelParts, key) -> None:
     """Run the likelihood once on a prior draw, so that shape errors name the sites."""
-    log_r, u = prior.latent.sample_polar(key)
-    y = jnp.exp(log_r) * u
-    x = y if prior.coordinates is None else prior.coordinates.denormalise(y)
-    x = x.reshape(prior.event_shape)
+    x = _latent_point(prior, key)
     try:
         value = log_likelihood(x, draw_others(key, x))
     except (TypeError, ValueError) as error:
@@ -398,7 +450,8 @@ def _likelihood_curvature(log_likelihood, draw_others, prior: MSGM, key, points=
         return jnp.mean(jax.vmap(quadratic_form)(z)) / y.size
 
     values = jax.vmap(curvature_at)(jax.random.split(key, points))
-    return jnp.maximum(jnp.median(values), 0.0)
+    median = jnp.nanmedian(jnp.where(jnp.isfinite(values), values, jnp.nan))
+    return jnp.where(jnp.isfinite(median), jnp.maximum(median, 0.0), 0.0)
 
 
 @eqx.filter_jit
@@ -415,25 +468,54 @@ def _model_smc(model, parts: ModelParts, args, kwargs, key, proposal, curvature,
 
 
 def _adapted_proposal(pilot: SMCOutput, norm_model, dtype) -> NormProposal:
-    weights = jax.nn.softmax(pilot.log_weights)
-    mean = jnp.sum(weights * pilot.log_r)
-    spread = jnp.sqrt(jnp.sum(weights * (pilot.log_r - mean) ** 2))
+    """A kernel density of the pilot's group log-norms with their weights (Silverman's bandwidth
+    at the groups' effective number, at least 5% of the prior's spread), and 10% of the prior."""
+    log_mix = jax.nn.log_softmax(pilot.group_log_weights)
+    weights = jnp.exp(log_mix)
+    mean = jnp.sum(weights * pilot.group_log_r)
+    spread = jnp.sqrt(jnp.sum(weights * (pilot.group_log_r - mean) ** 2))
     prior_spread = jnp.std(norm_model.sample(jax.random.key(0), (4096,)))
-    sd = NORM_WIDENING * jnp.maximum(spread, 0.05 * prior_spread)
-    return NormProposal(
-        mean.astype(dtype), sd.astype(dtype), jnp.asarray(DEFENSIVE_PRIOR_WEIGHT, dtype)
+    bandwidth = jnp.maximum(1.06 * spread * pilot.group_ess ** (-0.2), 0.05 * prior_spread)
+    adapted = NormProposal(
+        pilot.group_log_r.astype(dtype),
+        log_mix.astype(dtype),
+        bandwidth.astype(dtype),
+        jnp.asarray(DEFENSIVE_PRIOR_WEIGHT, dtype),
     )
+    usable = jnp.isfinite(jax.nn.logsumexp(pilot.group_log_weights)) & jnp.isfinite(bandwidth)
+    prior = NormProposal.prior(pilot.group_log_r.shape[0], dtype)
+    return jax.tree.map(lambda a, b: jnp.where(usable, a, b), adapted, prior)
 
 
 def _ess(log_weights):
-    return jnp.exp(2 * jax.nn.logsumexp(log_weights) - jax.nn.logsumexp(2 * log_weights))
+    """Kish's (Σw)²/Σw², 0 when every weight is 0."""
+    total = jax.nn.logsumexp(log_weights)
+    safe = jnp.where(jnp.isfinite(total), log_weights, 0.0)
+    ess = jnp.exp(2 * jax.nn.logsumexp(safe) - jax.nn.logsumexp(2 * safe))
+    return jnp.where(jnp.isfinite(total), ess, 0.0)
 
 
-def _systematic_indices(key, log_weights):
-    n = log_weights.shape[0]
+def _drop_non_finite(log_weights, increment, *states):
+    """Add `increment` to the log-weights; a particle whose increment or state is not finite (a
+    score or likelihood that overflowed) gets weight 0 and finite placeholder states, so that it
+    cannot spread NaN through resampling. Returns (log_weights, states, newly dropped)."""
+    finite = jnp.isfinite(increment)
+    for state in states:
+        finite &= jnp.all(jnp.isfinite(state.reshape(state.shape[0], -1)), axis=1)
+    alive = jnp.isfinite(log_weights)
+    log_weights = jnp.where(finite, log_weights + increment, -jnp.inf)
+    states = tuple(
+        jnp.where(finite.reshape(-1, *([1] * (a.ndim - 1))), a, jnp.zeros_like(a)) for a in states
+    )
+    return log_weights, states, jnp.sum(alive & ~finite)
+
+
+def _systematic_indices(key, log_weights, n: int | None = None):
+    """n indices (default: as many as weights) by systematic resampling."""
+    n = log_weights.shape[0] if n is None else n
     cumulative = jnp.cumsum(jax.nn.softmax(log_weights))
     positions = (jax.random.uniform(key, (), cumulative.dtype) + jnp.arange(n)) / n
-    return jnp.minimum(jnp.searchsorted(cumulative, positions), n - 1)
+    return jnp.minimum(jnp.searchsorted(cumulative, positions), log_weights.shape[0] - 1)
 
 
 def _smc(
@@ -491,7 +573,9 @@ def _smc(
         )
     )
     log_psi, g, h = twists(u, log_r, others, times[0])
-    log_weights = log_psi + norm_model.log_prob(log_r) - proposal.log_prob(log_r, norm_model)
+    log_weights, (log_psi, g, h), dropped = _drop_non_finite(
+        norm_model.log_prob(log_r) - proposal.log_prob(log_r, norm_model), log_psi, log_psi, g, h
+    )
 
     def guided_step(u, xi, d_tau, g, h):
         coordinates = noise.drift_coordinates(u, h)
@@ -519,32 +603,46 @@ def _smc(
         return (local + offsets).ravel(), grouped.ravel(), jnp.sum(resample)
 
     def step(carry, inputs):
-        u, log_psi, g, h, log_weights, resamplings = carry
+        u, log_psi, g, h, log_weights, resamplings, dropped = carry
         s, s_next, key = inputs
         noise_key, resample_key = jax.random.split(key)
         d_tau = score.tau(s) - score.tau(s_next)
         xi = jax.random.normal(noise_key, (n, *noise.increment_shape), dtype)
-        u, girsanov = guided_steps(u, xi, d_tau, g, h)
-        log_psi_next, g, h = twists(u, log_r, others, s_next)
-        log_weights = log_weights + girsanov + log_psi_next - log_psi
+        u_next, girsanov = guided_steps(u, xi, d_tau, g, h)
+        log_psi_next, g, h = twists(u_next, log_r, others, s_next)
+        log_weights, (u_next, log_psi_next, g, h), newly_dropped = _drop_non_finite(
+            log_weights, girsanov + log_psi_next - log_psi, u_next, log_psi_next, g, h
+        )
+        u_next = jnp.where(jnp.isfinite(log_weights)[:, None], u_next, u)
         chosen, log_weights, resampled = resample_within_groups(resample_key, log_weights)
-        u, log_psi_next, g, h = (a[chosen] for a in (u, log_psi_next, g, h))
-        return (u, log_psi_next, g, h, log_weights, resamplings + resampled), None
+        u, log_psi, g, h = (a[chosen] for a in (u_next, log_psi_next, g, h))
+        return (
+            u,
+            log_psi,
+            g,
+            h,
+            log_weights,
+            resamplings + resampled,
+            dropped + newly_dropped,
+        ), None
 
-    carry = (u, log_psi, g, h, log_weights, jnp.zeros((), jnp.int32))
+    carry = (u, log_psi, g, h, log_weights, jnp.zeros((), jnp.int32), dropped)
     keys = jax.random.split(step_key, steps)
-    (u, log_psi, _, _, log_weights, resamplings), _ = jax.lax.scan(
+    (u, log_psi, _, _, log_weights, resamplings, dropped), _ = jax.lax.scan(
         step, carry, (times[:-1], times[1:], keys)
     )
     x = jax.vmap(data_point)(u, log_r)
-    log_weights = log_weights + jax.vmap(log_likelihood)(x, others) - log_psi
+    final = jax.vmap(log_likelihood)(x, others) - log_psi
+    log_weights, _, last_dropped = _drop_non_finite(log_weights, final)
     chosen = _systematic_indices(final_key, log_weights)
     return SMCOutput(
         x=x[chosen],
         others=jax.tree.map(lambda a: a[chosen], others),
-        log_r=log_r,
-        log_weights=log_weights,
+        group_log_r=group_log_r,
+        group_log_weights=jax.nn.logsumexp(log_weights.reshape(groups, group_size), axis=1),
         ess=_ess(log_weights),
+        group_ess=_ess(jax.nn.logsumexp(log_weights.reshape(groups, group_size), axis=1)),
         log_evidence=jax.nn.logsumexp(log_weights) - math.log(n),
         resamplings=resamplings,
+        dropped=dropped + last_dropped,
     )

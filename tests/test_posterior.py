@@ -4,7 +4,6 @@ sampling, with its NumPyro and ArviZ interface and its errors."""
 import math
 
 import arviz as az
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 from scipy import stats
 
 import msgm_pp as mp
-from msgm_pp.heat_kernel import heat_kernel_score, log_heat_kernel
+from msgm_pp.heat_kernel import PointMassMixtureScore, log_heat_kernel
 
 ANGLES = np.array([0.3, 2.0, 4.0])
 WEIGHTS = np.array([0.5, 0.3, 0.2])
@@ -23,28 +22,13 @@ Y = np.array([0.4])
 T_EPS = 1e-3
 
 
-class MixtureScore(eqx.Module):
-    """The exact tangent score when directions are drawn from point masses at `directions`
-    with weights e^log_weights: the score of a mixture of spherical heat kernels."""
-
-    directions: jax.Array
-    log_weights: jax.Array
-    schedule: mp.LinearSchedule
-
-    def __call__(self, u, z, t):
-        tau = self.schedule.integral(t * self.schedule.T)
-        log_kernels = jax.vmap(lambda m: log_heat_kernel(u, m, tau))(self.directions)
-        responsibilities = jax.nn.softmax(log_kernels + self.log_weights)
-        return responsibilities @ jax.vmap(lambda m: heat_kernel_score(u, m, tau))(self.directions)
-
-
 @pytest.fixture(scope="module")
 def exact_prior():
     """A 2-D MSGM with an exact score: three directions, log-norms N(0, 0.5²) (as a KDE)."""
     noise = mp.IsotropicNoise(2)
     schedule = mp.mixing_schedule(noise)
     directions = jnp.stack([jnp.cos(ANGLES), jnp.sin(ANGLES)], 1)
-    net = MixtureScore(directions, jnp.log(WEIGHTS), schedule)
+    net = PointMassMixtureScore(directions, jnp.log(WEIGHTS), schedule)
     score = mp.TangentScore(net, noise, schedule, 0.0, 1.0, T_EPS)
     norm_model = mp.KDENorm.fit(np.random.default_rng(0).normal(0.0, 0.5, 4000))
     return mp.MSGM(score, norm_model)
@@ -180,6 +164,22 @@ def test_draws_go_to_arviz_with_runs_as_chains_and_runs_repeat(exact_prior):
     assert smc.resamplings.shape == (3,)
     smc.run(jax.random.key(4), exact_prior, y=jnp.asarray(Y, jnp.float32))
     assert bool(jnp.all(grouped["x"] == smc.get_samples(group_by_chain=True)["x"]))
+
+
+def test_particles_with_a_non_finite_likelihood_are_dropped_with_a_warning(exact_prior):
+    """A likelihood that is NaN for x₁ < 0 (the log of a negative number): those particles get
+    weight 0, the run says how many, and the draws are the posterior restricted to x₁ > 0."""
+
+    def log_of_x1(prior, y=None):
+        x = numpyro.sample("x", prior)
+        location = jnp.log(x[:1])
+        numpyro.sample("y", dist.Normal(location, 1.0, validate_args=False).to_event(1), obs=y)
+
+    smc = mp.TwistedSMC(log_of_x1, num_particles=256, progress=False)
+    with pytest.warns(UserWarning, match="times a particle met a non-finite score"):
+        smc.run(jax.random.key(6), exact_prior, y=jnp.zeros(1))
+    x = np.asarray(smc.get_samples()["x"])
+    assert smc.dropped[0] > 0 and np.isfinite(x).all() and (x[:, 0] > 0).all()
 
 
 def two_priors(prior, y=None):
