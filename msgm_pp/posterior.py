@@ -14,21 +14,27 @@ of particles grows, whatever the twist and the norm proposal below; those only s
 which the effective sample size reports.
 
 **Twist** (Wu et al. 2023, "Practical and asymptotically exact conditional sampling in diffusion
-models", carried over to rotations). A particle at time s is guided by
+models", carried over to rotations). A particle at time s, with norm r = e^ℓ, is guided by the
+expected likelihood of a Gaussian guess of x_0 given u:
 
-    log ψ(u) = λ log p(y | x̂_0, θ),   x̂_0 = e^ℓ e^{−ρτ} Exp_u(τ Σ(u) g(u, ℓ, s)),
+    x_0 ~ N(x̂_0, v I),   x̂_0 = r e^{−ρτ} Exp_u(τ Σ(u) g(u, ℓ, s)),   v = r² (1 − e^{−2ρτ})/(2ρ).
 
-the likelihood at a rotational denoised estimate: Exp_u(τ Σ g) is Tweedie's formula in normal
-coordinates of the sphere (E[Log_u u_0 | u_τ = u] ≈ τ Σ(u) ∇log p_τ(u)), shrunk by e^{−ρτ}, the
-correlation of a direction with its start (ρ is the noise's mixing rate), so that the twist is
-flat once directions have mixed. The tempering λ = 1/(1 + e^{2ℓ} v(τ) κ), with the direction's
-spread v(τ) = (1 − e^{−2ρτ})/(2ρ) and the likelihood's mean curvature κ (estimated once, see
-:func:`_likelihood_curvature`), is what a Gaussian likelihood seen through an uncertain x̂_0 becomes:
-without it a sharp likelihood makes the twist overconfident and the weights degenerate. The
-proposal adds the guidance h = ∇_S log ψ to the score in the reverse step, its shift capped at 3
-noise standard deviations per step, and the weight carries the Girsanov ratio of the two Gaussian
-increments, −√Δτ ξ·c − ½Δτ|c|² with c = G(u)ᵀh, times ψ_{k−1}/ψ_k; at t_ε the last weight swaps
-ψ for the likelihood itself.
+Exp_u(τ Σ g) is Tweedie's formula in normal coordinates of the sphere
+(E[Log_u u_0 | u_τ = u] ≈ τ Σ(u) ∇log p_τ(u)), shrunk by e^{−ρτ}, the correlation of a direction
+with its start (ρ is the noise's mixing rate); v is the spread of a direction after τ, so the
+twist is flat once directions have mixed and becomes the likelihood at t_ε. With the log-likelihood
+L expanded to second order at x̂_0 (exact for a Gaussian likelihood with a linear operator),
+
+    log ψ(u) = L(x̂_0) + ½ v ∇Lᵀ (I − v ∇²L)⁻¹ ∇L,   ∇_{x̂_0} log ψ = (I − v ∇²L)⁻¹ ∇L,
+
+where the solve takes `cg_steps` conjugate-gradient steps with Hessian-vector products of the
+likelihood only, and the guidance h = ∇_S log ψ pulls the solved vector back through x̂_0(u). This
+inflation is what keeps the weights even: the likelihood of a sharp observation seen through an
+uncertain x̂_0 is much flatter than at x̂_0 itself, in each observed direction by its own factor.
+The proposal adds h to the score in the reverse step, its shift capped at 3 noise standard
+deviations per step; the weight carries the Girsanov ratio of the two Gaussian increments,
+−√Δτ ξ·c − ½Δτ|c|² with c = G(u)ᵀh, times ψ_{k−1}/ψ_k, and at t_ε the last weight swaps ψ for the
+likelihood itself. The twist only shapes the proposal: the weights stay exact whatever it is.
 
 **Norms and other latent sites.** The reverse dynamics only rotate, so a particle's norm never
 changes, and resampling alone would let a few early norms take over (the runs then disagree by
@@ -242,8 +248,10 @@ class TwistedSMC:
             agree).
         steps: reverse steps; None takes the model's `SDESampler` steps (the law of `sample`).
         norm_rounds: pilot runs that adapt the norm proposal before the returned run.
-        ess_threshold: resample when the effective sample size falls below this fraction of the
-            particles.
+        ess_threshold: resample a group when its effective sample size falls below this
+            fraction of its particles.
+        cg_steps: conjugate-gradient steps of the twist's solve (exact for a Gaussian likelihood
+            once it reaches the number of well-observed directions).
         progress: see :mod:`msgm_pp._progress`.
     """
 
@@ -257,6 +265,7 @@ class TwistedSMC:
         steps: int | None = None,
         norm_rounds: int = 2,
         ess_threshold: float = 0.5,
+        cg_steps: int = 16,
         progress: bool | None = None,
     ):
         if not callable(model):
@@ -279,6 +288,7 @@ class TwistedSMC:
         if not 0.0 < float(ess_threshold) <= 1.0:
             raise ValueError(f"`ess_threshold` must lie in (0, 1], got {ess_threshold}.")
         self.ess_threshold = float(ess_threshold)
+        self.cg_steps = check_positive_int(cg_steps, "cg_steps")
         self.progress = progress
         self._runs: list[SMCOutput] = []
         self._parts: ModelParts | None = None
@@ -292,19 +302,17 @@ class TwistedSMC:
         steps = prior.sampler.steps if self.steps is None else self.steps
         log_likelihood, draw_others = _model_functions(self.model, args, kwargs, parts)
         _check_likelihood(log_likelihood, draw_others, prior, parts, inspect_key)
-        curvature = _model_curvature(self.model, parts, args, kwargs, inspect_key)
         settings = {
             "groups": self.num_particles // self.group_size,
             "group_size": self.group_size,
             "steps": steps,
             "ess_threshold": self.ess_threshold,
             "mixing_rate": float(prior.noise.mixing_rate()),
+            "cg_steps": self.cg_steps,
         }
 
         def run_once(run_key, proposal):
-            return _model_smc(
-                self.model, parts, args, kwargs, run_key, proposal, curvature, settings
-            )
+            return _model_smc(self.model, parts, args, kwargs, run_key, proposal, settings)
 
         dtype = prior.float_dtype
         bar = progress_bar(self.num_chains * (self.norm_rounds + 1), "twisted SMC", self.progress)
@@ -427,44 +435,11 @@ def _check_likelihood(log_likelihood, draw_others, prior: MSGM, parts: ModelPart
         raise ValueError(f"the log-likelihood must be a scalar, got shape {np.shape(value)}.")
 
 
-def _likelihood_curvature(log_likelihood, draw_others, prior: MSGM, key, points=16, probes=4):
-    """κ, the median over prior draws of the mean curvature −zᵀ(∇² log p(y | x))z / d of the
-    log-likelihood in the model's coordinates (Rademacher probes z): what the twist needs to
-    temper a likelihood seen through an uncertain denoised point. Exact for a linear-Gaussian
-    likelihood, where it is tr(AᵀA)/(σ² d) whatever the point."""
-    to_data = (lambda y: y) if prior.coordinates is None else prior.coordinates.denormalise
-
-    def curvature_at(key):
-        point_key, others_key, probe_key = jax.random.split(key, 3)
-        log_r, u = prior.latent.sample_polar(point_key)
-        y = jnp.exp(log_r) * u
-        others = draw_others(others_key, to_data(y).reshape(prior.event_shape))
-
-        def log_lik(y):
-            return log_likelihood(to_data(y).reshape(prior.event_shape), others)
-
-        def quadratic_form(z):
-            return -jnp.dot(z, jax.jvp(jax.grad(log_lik), (y,), (z,))[1])
-
-        z = jax.random.rademacher(probe_key, (probes, y.size), y.dtype)
-        return jnp.mean(jax.vmap(quadratic_form)(z)) / y.size
-
-    values = jax.vmap(curvature_at)(jax.random.split(key, points))
-    median = jnp.nanmedian(jnp.where(jnp.isfinite(values), values, jnp.nan))
-    return jnp.where(jnp.isfinite(median), jnp.maximum(median, 0.0), 0.0)
-
-
 @eqx.filter_jit
-def _model_curvature(model, parts: ModelParts, args, kwargs, key):
-    log_likelihood, draw_others = _model_functions(model, args, kwargs, parts)
-    return _likelihood_curvature(log_likelihood, draw_others, parts.prior, key)
-
-
-@eqx.filter_jit
-def _model_smc(model, parts: ModelParts, args, kwargs, key, proposal, curvature, settings):
+def _model_smc(model, parts: ModelParts, args, kwargs, key, proposal, settings):
     """One SMC run for `model(*args, **kwargs)`, compiled once per model and argument shapes."""
     log_likelihood, draw_others = _model_functions(model, args, kwargs, parts)
-    return _smc(parts.prior, log_likelihood, draw_others, key, proposal, curvature, **settings)
+    return _smc(parts.prior, log_likelihood, draw_others, key, proposal, **settings)
 
 
 def _adapted_proposal(pilot: SMCOutput, norm_model, dtype) -> NormProposal:
@@ -485,6 +460,28 @@ def _adapted_proposal(pilot: SMCOutput, norm_model, dtype) -> NormProposal:
     usable = jnp.isfinite(jax.nn.logsumexp(pilot.group_log_weights)) & jnp.isfinite(bandwidth)
     prior = NormProposal.prior(pilot.group_log_r.shape[0], dtype)
     return jax.tree.map(lambda a, b: jnp.where(usable, a, b), adapted, prior)
+
+
+def _truncated_cg(operator, b, steps: int):
+    """x ≈ M⁻¹ b for a symmetric M given by `operator`, by `steps` conjugate-gradient steps from
+    x = 0 that stop where M shows a direction of non-positive curvature (then x is the last
+    iterate, or b itself if that happens at once)."""
+
+    def step(carry, _):
+        x, r, p, rr, stopped = carry
+        mp_ = operator(p)
+        curvature = jnp.dot(p, mp_)
+        stopped = stopped | (curvature <= 0) | (rr == 0)
+        alpha = jnp.where(stopped, 0.0, rr / jnp.where(stopped, 1.0, curvature))
+        x, r_next = x + alpha * p, r - alpha * mp_
+        rr_next = jnp.dot(r_next, r_next)
+        beta = rr_next / jnp.where(rr > 0, rr, 1.0)
+        p = jnp.where(stopped, p, r_next + beta * p)
+        return (x, jnp.where(stopped, r, r_next), p, jnp.where(stopped, rr, rr_next), stopped), None
+
+    start = (jnp.zeros_like(b), b, b, jnp.dot(b, b), jnp.zeros((), bool))
+    (x, *_), _ = jax.lax.scan(step, start, None, length=steps)
+    return jnp.where(jnp.any(x != 0), x, b)
 
 
 def _ess(log_weights):
@@ -524,13 +521,13 @@ def _smc(
     draw_others,
     key,
     proposal,
-    curvature,
     *,
     groups,
     group_size,
     steps,
     ess_threshold,
     mixing_rate,
+    cg_steps,
 ):
     """One run: `groups` norms (and other latent values) from the proposal, each with
     `group_size` direction particles that are resampled only among themselves."""
@@ -541,18 +538,32 @@ def _smc(
     def data_point(u, log_r):
         return to_data(jnp.exp(log_r) * u).reshape(prior.event_shape)
 
-    def log_twist(u, log_r, others, s):
-        g = score(u, log_r, s)
-        tau = score.tau(s)
-        correlation = jnp.exp(-mixing_rate * tau)
-        denoised = correlation * renormalise(sphere_exp(u, tau * noise._diffusion(u, g)))
-        spread = -jnp.expm1(-2.0 * mixing_rate * tau) / (2.0 * mixing_rate)
-        temper = 1.0 / (1.0 + jnp.exp(2.0 * log_r) * spread * curvature)
-        return temper * log_likelihood(data_point(denoised, log_r), others), g
+    def log_likelihood_of_coordinates(y, others):
+        return log_likelihood(to_data(y).reshape(prior.event_shape), others)
 
     def twist_and_guidance(u, log_r, others, s):
-        (value, g), grad = jax.value_and_grad(log_twist, has_aux=True)(u, log_r, others, s)
-        return value, g, project_tangent(u, grad)
+        """(log ψ(u), the score g(u), the guidance ∇_S log ψ(u)); see the module docstring."""
+        tau = score.tau(s)
+        correlation = jnp.exp(-mixing_rate * tau)
+        variance = jnp.exp(2.0 * log_r) * -jnp.expm1(-2.0 * mixing_rate * tau) / (2.0 * mixing_rate)
+
+        def denoise(u):
+            g = score(u, log_r, s)
+            direction = renormalise(sphere_exp(u, tau * noise._diffusion(u, g)))
+            return jnp.exp(log_r) * correlation * direction, g
+
+        y_hat, pull_back, g = jax.vjp(denoise, u, has_aux=True)
+        value, gradient = jax.value_and_grad(log_likelihood_of_coordinates)(y_hat, others)
+
+        def inflated(v):
+            curvature = jax.jvp(
+                jax.grad(lambda y: log_likelihood_of_coordinates(y, others)), (y_hat,), (v,)
+            )[1]
+            return v - variance * curvature
+
+        solved = _truncated_cg(inflated, gradient, cg_steps)
+        (guidance,) = pull_back(solved)
+        return value + 0.5 * variance * jnp.dot(gradient, solved), g, project_tangent(u, guidance)
 
     twists = jax.vmap(twist_and_guidance, in_axes=(0, 0, 0, None))
     times = reverse_times(score.schedule, score.t_eps, steps, dtype)
