@@ -70,6 +70,7 @@ from msgm_pp.sphere import project_tangent, renormalise, sphere_exp
 
 DEFENSIVE_PRIOR_WEIGHT = 0.1
 MAX_GUIDANCE_SHIFT = 3.0
+PARTICLE_CHUNK_BUDGET = 2**16  # particles × d per vectorised evaluation of the network
 
 
 class NormProposal(NamedTuple):
@@ -565,7 +566,18 @@ def _smc(
         (guidance,) = pull_back(solved)
         return value + 0.5 * variance * jnp.dot(gradient, solved), g, project_tangent(u, guidance)
 
-    twists = jax.vmap(twist_and_guidance, in_axes=(0, 0, 0, None))
+    chunk = max(1, PARTICLE_CHUNK_BUDGET // score.dim)
+
+    def twists(u, log_r, others, s):
+        """The twist, score and guidance of every particle, in chunks of bounded memory."""
+
+        def one(particle):
+            return twist_and_guidance(*particle, s)
+
+        if u.shape[0] <= chunk:
+            return jax.vmap(one)((u, log_r, others))
+        return jax.lax.map(one, (u, log_r, others), batch_size=chunk)
+
     times = reverse_times(score.schedule, score.t_eps, steps, dtype)
     norm_key, direction_key, others_key, step_key, final_key = jax.random.split(key, 5)
     n = groups * group_size

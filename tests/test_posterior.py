@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 import msgm_pp as mp
+from msgm_pp import posterior
 from msgm_pp.heat_kernel import PointMassMixtureScore, log_heat_kernel
 
 ANGLES = np.array([0.3, 2.0, 4.0])
@@ -180,6 +181,16 @@ def test_particles_with_a_non_finite_likelihood_are_dropped_with_a_warning(exact
         smc.run(jax.random.key(6), exact_prior, y=jnp.zeros(1))
     x = np.asarray(smc.get_samples()["x"])
     assert smc.dropped[0] > 0 and np.isfinite(x).all() and (x[:, 0] > 0).all()
+
+
+def test_particles_are_evaluated_in_chunks_with_the_same_result(exact_prior, monkeypatch):
+    y = jnp.asarray(Y, jnp.float32)
+    whole = mp.TwistedSMC(known_noise, num_particles=128, progress=False)
+    whole.run(jax.random.key(7), exact_prior, y=y)
+    monkeypatch.setattr(posterior, "PARTICLE_CHUNK_BUDGET", 64)  # 32 particles of d = 2
+    chunked = mp.TwistedSMC(known_noise, num_particles=128, progress=False)
+    chunked.run(jax.random.key(7), exact_prior, y=y)
+    np.testing.assert_allclose(chunked.get_samples()["x"], whole.get_samples()["x"], atol=1e-6)
 
 
 def two_priors(prior, y=None):
