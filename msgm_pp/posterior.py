@@ -85,6 +85,7 @@ class NormProposal(NamedTuple):
 
     @classmethod
     def prior(cls, groups: int, dtype) -> "NormProposal":
+        """The norm model itself (w = 1), shaped for `groups` kernel centres."""
         zeros = jnp.zeros((groups,), dtype)
         return cls(zeros, zeros - math.log(groups), jnp.ones((), dtype), jnp.ones((), dtype))
 
@@ -101,6 +102,7 @@ class NormProposal(NamedTuple):
         return jnp.where(from_prior, norm_model.sample(prior_key, (n,)).astype(dtype), kernel)
 
     def log_prob(self, log_r, norm_model):
+        """log q(ℓ), elementwise."""
         z = (log_r[..., None] - self.centres) / self.bandwidth
         kernels = -0.5 * z**2 - jnp.log(self.bandwidth) - 0.5 * math.log(2.0 * math.pi)
         return jnp.logaddexp(

@@ -15,7 +15,7 @@ LAYERS = [
     {"losses", "training", "samplers", "density"},
     {"score_based"},
     {"msgm", "sgm"},
-    {"metrics", "datasets", "diagnostics"},
+    {"metrics", "datasets", "diagnostics", "posterior"},
     {"plots"},
     {"__init__"},
     {"cli"},
