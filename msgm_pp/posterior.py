@@ -189,12 +189,30 @@ def inspect_model(model, args, kwargs, key) -> ModelParts:
             f"the model failed when run with its score-based sites ({filled or 'none reached'}) "
             f"set to placeholder values: do its operators and observed sites match them? {error}"
         ) from error
+    for name, site in trace.items():
+        inner = site["fn"]
+        while not isinstance(inner, MSGM) and hasattr(inner, "base_dist"):
+            inner = inner.base_dist
+        if isinstance(inner, MSGM) and inner is not site["fn"]:
+            raise ValueError(
+                f"the MSGM site {name!r} is wrapped in a {type(site['fn']).__name__} (inside a "
+                "plate, or expanded or masked); TwistedSMC needs one draw of the MSGM itself."
+            )
     priors = [n for n, s in trace.items() if not s["is_observed"] and isinstance(s["fn"], MSGM)]
     if len(priors) != 1:
         found = ", ".join(f"{n!r}: {type(s['fn']).__name__}" for n, s in trace.items()) or "none"
+        baseline = any(isinstance(s["fn"], ScoreBasedDistribution) for s in trace.values())
         raise ValueError(
             "TwistedSMC needs a model with exactly one latent site whose distribution is an "
-            f"msgm_pp.MSGM, found {len(priors)} (sample sites: {found})."
+            f"msgm_pp.MSGM, found {len(priors)} (sample sites: {found})"
+            + ("; the SGM baseline is not supported yet." if baseline and not priors else ".")
+        )
+    value_shape = tuple(trace[priors[0]]["value"].shape)
+    if value_shape != tuple(trace[priors[0]]["fn"].event_shape):
+        raise ValueError(
+            f"the MSGM site {priors[0]!r} has shape {value_shape} (inside a plate or with "
+            "sample_shape?); TwistedSMC needs it to be one draw of the event shape "
+            f"{tuple(trace[priors[0]]['fn'].event_shape)}."
         )
     observed = tuple(name for name, site in trace.items() if site["is_observed"])
     if not observed:

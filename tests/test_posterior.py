@@ -204,6 +204,12 @@ def no_msgm(prior, y=None):
     numpyro.sample("y", dist.Normal(x[:1], 1.0).to_event(1), obs=y)
 
 
+def in_a_plate(prior, y=None):
+    with numpyro.plate("copies", 3):
+        x = numpyro.sample("x", prior)
+    numpyro.sample("y", dist.Normal(x.sum(), 1.0), obs=y)
+
+
 def no_data(prior, y=None):
     numpyro.sample("x", prior)
 
@@ -224,6 +230,7 @@ def zero_noise(prior, y=None):
         (two_priors, 0.0, "exactly one latent site .* found 2"),
         (no_msgm, Y, "exactly one latent site .* found 0"),
         (no_data, Y, "no observed site"),
+        (in_a_plate, 0.0, "'x' is wrapped in a ExpandedDistribution \\(inside a plate"),
         (wrong_operator, Y, "model failed when run with .* \\('x' of shape \\(2,\\)\\)"),
         (
             known_noise,
