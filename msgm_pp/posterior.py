@@ -395,7 +395,8 @@ class TwistedSMC:
 
     @property
     def log_evidence(self) -> np.ndarray:
-        """Each run's estimate of log p(y) (unbiased in p(y), up to the prior's own sampler)."""
+        """Each run's log of an unbiased estimate of p(y), the evidence under the law that the
+        prior's SDE sampler draws from, (chains,)."""
         return np.asarray([float(run.log_evidence) for run in self._require_runs()])
 
     @property
@@ -406,7 +407,7 @@ class TwistedSMC:
 
     @property
     def resamplings(self) -> np.ndarray:
-        """How many times each run resampled its particles, (chains,)."""
+        """How many times a group of each run was resampled, summed over steps, (chains,)."""
         return np.asarray([int(run.resamplings) for run in self._require_runs()])
 
     def to_inference_data(self):
