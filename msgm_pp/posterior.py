@@ -420,6 +420,8 @@ class TwistedSMC:
             "smc_ess": np.repeat(self.ess[:, None], self.num_particles, axis=1),
             "log_evidence": np.repeat(self.log_evidence[:, None], self.num_particles, axis=1),
         }
+        if int(az.__version__.split(".")[0]) >= 1:  # ArviZ 1.x takes the groups as one dict
+            return az.from_dict({"posterior": draws, "sample_stats": stats})
         return az.from_dict(posterior=draws, sample_stats=stats)
 
 
