@@ -109,8 +109,9 @@ def test_a_noise_scale_with_a_prior_is_sampled_with_the_field(exact_prior):
 
 def test_dense_noise_posterior_matches_importance_sampling_from_the_prior():
     """Any skew-symmetric noise: the guided Cayley steps and their Girsanov weights are checked
-    against self-normalised importance sampling with 40000 prior draws under a mildly
-    informative likelihood (importance ESS above 10000: error about 0.01 sd)."""
+    against self-normalised importance sampling with 20000 prior draws under a mildly
+    informative likelihood (importance ESS above 5000: error about 0.015 sd; the SMC's own, with
+    2 × 2048 particles, about 0.02 sd, so 0.1 sd is 4 standard errors)."""
     data = jax.random.normal(jax.random.key(0), (512, 3)) * jnp.array([1.0, 0.5, 2.0])
     prior = mp.MSGM.build(data, key=jax.random.key(1), noise="dense").with_options(
         sampler=mp.SDESampler(32)
@@ -122,10 +123,10 @@ def test_dense_noise_posterior_matches_importance_sampling_from_the_prior():
         numpyro.sample("y", dist.Normal(operator @ x, 1.0).to_event(1), obs=y)
 
     y = jnp.array([1.0, -0.8])
-    reference = prior.sample(jax.random.key(2), (40000,))
+    reference = prior.sample(jax.random.key(2), (20000,))
     log_w = dist.Normal(reference @ operator.T, 1.0).log_prob(y).sum(-1)
     w = np.asarray(jax.nn.softmax(log_w), dtype=np.float64)
-    assert 1 / np.sum(w**2) > 10000
+    assert 1 / np.sum(w**2) > 5000
     mean = w @ np.asarray(reference)
     sd = np.sqrt(w @ (np.asarray(reference) - mean) ** 2)
 
