@@ -112,6 +112,23 @@ def summary(draws: dict, reference: dict) -> dict:
     }
 
 
+def comparison(draws: dict, learned: dict, exact: dict) -> dict:
+    """The SMC against NUTS on the learned log_prob and on the true prior, with times and ESS."""
+    return {
+        "smc_vs_nuts_learned": summary(draws, learned),
+        "smc_vs_nuts_true_prior": summary(draws, exact),
+        "nuts_learned_vs_true_prior": summary(learned, exact),
+        "seconds": {
+            "smc": draws["seconds"],
+            "nuts_learned": learned["seconds"],
+            "nuts_true_prior": exact["seconds"],
+        },
+        "smc_ess": draws["ess"],
+        "smc_group_ess": draws["group_ess"],
+        "nuts_learned_ess_min": learned["ess_min"],
+    }
+
+
 def covered(x, truth) -> np.ndarray:
     low, high = np.quantile(x, [0.05, 0.95], axis=0)
     return (low <= truth) & (truth <= high)
@@ -235,20 +252,7 @@ def cauchy_part(problems: int) -> dict:
         exact = nuts(cauchy_model, CAUCHY, y, run_key)
         draws = smc(cauchy_model, prior, y, run_key)
         comparisons.append(
-            {
-                "x_true": np.asarray(x_true).tolist(),
-                "smc_vs_nuts_learned": summary(draws, learned),
-                "smc_vs_nuts_true_prior": summary(draws, exact),
-                "nuts_learned_vs_true_prior": summary(learned, exact),
-                "seconds": {
-                    "smc": draws["seconds"],
-                    "nuts_learned": learned["seconds"],
-                    "nuts_true_prior": exact["seconds"],
-                },
-                "smc_ess": draws["ess"],
-                "smc_group_ess": draws["group_ess"],
-                "nuts_learned_ess_min": learned["ess_min"],
-            }
+            {"x_true": np.asarray(x_true).tolist(), **comparison(draws, learned, exact)}
         )
         print("cauchy4", comparisons[-1], flush=True)
     return {"fit_seconds": fit_seconds, "calibration": calibration, "comparisons": comparisons}
@@ -276,22 +280,12 @@ def tutorial_part() -> dict:
     truth = np.asarray(x_true)
     result = {
         "fit_seconds": fit_seconds,
-        "smc_vs_nuts_learned": summary(draws, learned),
-        "smc_vs_nuts_true_prior": summary(draws, exact),
-        "nuts_learned_vs_true_prior": summary(learned, exact),
-        "seconds": {
-            "smc": draws["seconds"],
-            "nuts_learned": learned["seconds"],
-            "nuts_true_prior": exact["seconds"],
-        },
+        **comparison(draws, learned, exact),
         "truth_covered_of_16": {
             "smc": int(covered(draws["x"], truth).sum()),
             "nuts_learned": int(covered(learned["x"], truth).sum()),
             "nuts_true_prior": int(covered(exact["x"], truth).sum()),
         },
-        "smc_ess": draws["ess"],
-        "smc_group_ess": draws["group_ess"],
-        "nuts_learned_ess_min": learned["ess_min"],
     }
     print("tutorial", result, flush=True)
     return result

@@ -157,12 +157,16 @@ class _PlaceholderPriorDraws(Messenger):
                 self.filled[msg["name"]] = tuple(msg["value"].shape)
 
 
+def _to_data(prior: MSGM, y):
+    """The data point, shaped like a sample, of the model coordinates y (d,)."""
+    x = y if prior.coordinates is None else prior.coordinates.denormalise(y)
+    return x.reshape(prior.event_shape)
+
+
 def _latent_point(prior: MSGM, key):
     """A point of the MSGM's latent law in data coordinates, shaped like a sample."""
     log_r, u = prior.latent.sample_polar(key)
-    y = jnp.exp(log_r) * u
-    x = y if prior.coordinates is None else prior.coordinates.denormalise(y)
-    return x.reshape(prior.event_shape)
+    return _to_data(prior, jnp.exp(log_r) * u)
 
 
 def _trace(model, args, kwargs, *, substitutions, key=None):
@@ -557,13 +561,12 @@ def _smc(
     `group_size` direction particles that are resampled only among themselves."""
     score = prior.score
     noise, norm_model, dtype = score.noise, prior.norm_model, prior.float_dtype
-    to_data = (lambda y: y) if prior.coordinates is None else prior.coordinates.denormalise
 
     def data_point(u, log_r):
-        return to_data(jnp.exp(log_r) * u).reshape(prior.event_shape)
+        return _to_data(prior, jnp.exp(log_r) * u)
 
     def log_likelihood_of_coordinates(y, others):
-        return log_likelihood(to_data(y).reshape(prior.event_shape), others)
+        return log_likelihood(_to_data(prior, y), others)
 
     def twist_and_guidance(u, log_r, others, s):
         """(log ψ(u), the score g(u), the guidance ∇_S log ψ(u)); see the module docstring."""
