@@ -1,56 +1,17 @@
-r"""Posterior sampling with an MSGM prior from its score: twisted sequential Monte Carlo.
+r"""Posterior sampling in NumPyro with a score-based prior: :class:`TwistedSMC`.
 
-The problem is a NumPyro model with one MSGM site x, any other latent sites θ (a noise scale with a
-prior, say) and observed sites y. :class:`TwistedSMC` samples p(x, θ | y) ∝ p(x) p(θ) p(y | x, θ)
-using the learned score and the norm model only: no probability-flow log-density, no Jacobian
-trace.
+The problem is a NumPyro model with one MSGM (or SGM) site x, any other latent sites θ (a noise
+scale with a prior, say) and observed sites y. :class:`TwistedSMC` reads the model's structure,
+builds log p(y | x, θ) and a draw of θ from the model itself, and samples p(x, θ | y) by twisted
+sequential Monte Carlo over the prior's reverse process (:mod:`msgm_pp.smc`, where the target,
+twist, weights and norm proposal are stated).
 
-**Target.** `MSGM.sample` with `SDESampler(K)` draws x = e^ℓ u_0 from a path: ℓ from the norm
-model, u_K uniform on S^{d−1}, and K reverse rotations u_{k−1} = R(u_k, η_k) whose generator
-coordinates η_k ~ N(Δτ_k G(u_k)ᵀ g(u_k, ℓ, s_k), Δτ_k I) are Gaussian (:mod:`msgm_pp.noise`). The
-SMC targets the posterior of that path, p(path) p(θ) p(y | e^ℓ u_0, θ), whose x-marginal is the
-posterior under exactly the law that `sample` draws from. Its estimates converge to it as the number
-of particles grows, whatever the twist and the norm proposal below; those only set the variance,
-which the effective sample size reports.
-
-**Twist** (Wu et al. 2023, "Practical and asymptotically exact conditional sampling in diffusion
-models", carried over to rotations). A particle at time s, with norm r = e^ℓ, is guided by the
-expected likelihood of a Gaussian guess of x_0 given u:
-
-    x_0 ~ N(x̂_0, v I),   x̂_0 = r e^{−ρτ} Exp_u(τ Σ(u) g(u, ℓ, s)),   v = r² (1 − e^{−2ρτ})/(2ρ).
-
-Exp_u(τ Σ g) is Tweedie's formula in normal coordinates of the sphere
-(E[Log_u u_0 | u_τ = u] ≈ τ Σ(u) ∇log p_τ(u)), shrunk by e^{−ρτ}, the correlation of a direction
-with its start (ρ is the noise's mixing rate); v is the spread of a direction after τ, so the
-twist is flat once directions have mixed and becomes the likelihood at t_ε. With the log-likelihood
-L expanded to second order at x̂_0 (exact for a Gaussian likelihood with a linear operator),
-
-    log ψ(u) = L(x̂_0) + ½ v ∇Lᵀ (I − v ∇²L)⁻¹ ∇L,   ∇_{x̂_0} log ψ = (I − v ∇²L)⁻¹ ∇L,
-
-where the solve takes `cg_steps` conjugate-gradient steps with Hessian-vector products of the
-likelihood only, and the guidance h = ∇_S log ψ pulls the solved vector back through x̂_0(u). This
-inflation is what keeps the weights even: the likelihood of a sharp observation seen through an
-uncertain x̂_0 is much flatter than at x̂_0 itself, in each observed direction by its own factor.
-The proposal adds h to the score in the reverse step, its shift capped at 3 noise standard
-deviations per step; the weight carries the Girsanov ratio of the two Gaussian increments,
-−√Δτ ξ·c − ½Δτ|c|² with c = G(u)ᵀh, times ψ_{k−1}/ψ_k, and at t_ε the last weight swaps ψ for the
-likelihood itself. The twist only shapes the proposal: the weights stay exact whatever it is.
-
-**Norms and other latent sites.** The reverse dynamics only rotate, so a particle's norm never
-changes, and resampling alone would let a few early norms take over (the runs then disagree by
-more than their ESS says). So the particles come in groups: each group draws one norm ℓ from a
-proposal q(ℓ), with the weight p_ℓ(ℓ)/q(ℓ), and one value of the other latent sites θ from their
-prior (they must not depend on x), and its `particles_per_norm` particles are resampled only among
-themselves. Each group's total weight then estimates p(ℓ) p(y | ℓ, θ) / q(ℓ) without bias, so the
-whole run is importance sampling over (ℓ, θ) with unbiased weights, consistent as the number of
-groups grows (Tran et al. 2013, "Importance sampling squared"). The first of `norm_rounds` pilot
-runs uses q = p_ℓ; each later run uses 0.9 × a kernel density of the previous run's group
-log-norms, weighted by the groups' total weights, + 0.1 p_ℓ (so that q covers the prior's tails
-and every mode a pilot found). The groups' norms are drawn stratified over the mixture's parts.
-Only the last run is returned; the pilots only choose q.
+Each run is compiled once per model and argument shapes. `norm_rounds` pilot runs first adapt the
+MSGM's norm proposal: the first uses q = p_ℓ, each later one a kernel density of the previous
+run's weighted group log-norms (:func:`msgm_pp.smc.adapted_proposal`). Only the last run is
+returned; the pilots only choose q. An SGM has no norm and skips the pilots.
 """
 
-import math
 from typing import NamedTuple
 
 import equinox as eqx
@@ -63,66 +24,15 @@ from numpyro.primitives import Messenger
 
 from msgm_pp._checks import check_key, check_positive_int, describe_indices, warn_caller
 from msgm_pp._progress import progress_bar
-from msgm_pp.msgm import MSGM
-from msgm_pp.samplers import reverse_times
 from msgm_pp.score_based import ScoreBasedDistribution
-from msgm_pp.sphere import project_tangent, renormalise, sphere_exp
-
-DEFENSIVE_PRIOR_WEIGHT = 0.1
-MAX_GUIDANCE_SHIFT = 3.0
-PARTICLE_CHUNK_BUDGET = 2**16  # particles × d per vectorised evaluation of the network
-
-
-class NormProposal(NamedTuple):
-    """q(ℓ) = (1 − w) Σ_j π_j N(ℓ; c_j, b²) + w p_ℓ(ℓ): a kernel density of earlier log-norms
-    (centres c_j, log-weights log π_j, bandwidth b) with a share w of the prior; w = 1 is the
-    prior itself."""
-
-    centres: jax.Array
-    log_mix: jax.Array
-    bandwidth: jax.Array
-    prior_weight: jax.Array
-
-    @classmethod
-    def prior(cls, groups: int, dtype) -> "NormProposal":
-        """The norm model itself (w = 1), shaped for `groups` kernel centres."""
-        zeros = jnp.zeros((groups,), dtype)
-        return cls(zeros, zeros - math.log(groups), jnp.ones((), dtype), jnp.ones((), dtype))
-
-    def sample(self, key, norm_model, n: int, dtype):
-        """n draws with the components stratified: round(w n) from the prior, the rest from the
-        kernels in proportion to their weights (systematic resampling), which keeps the draws a
-        valid sample for weights p/q (a deterministic mixture) with less variance."""
-        prior_key, choice_key, noise_key = jax.random.split(key, 3)
-        from_prior = jnp.arange(n) < jnp.round(self.prior_weight * n)
-        components = _systematic_indices(choice_key, self.log_mix, n)
-        kernel = self.centres[components] + self.bandwidth * jax.random.normal(
-            noise_key, (n,), dtype
-        )
-        return jnp.where(from_prior, norm_model.sample(prior_key, (n,)).astype(dtype), kernel)
-
-    def log_prob(self, log_r, norm_model):
-        """log q(ℓ), elementwise."""
-        z = (log_r[..., None] - self.centres) / self.bandwidth
-        kernels = -0.5 * z**2 - jnp.log(self.bandwidth) - 0.5 * math.log(2.0 * math.pi)
-        return jnp.logaddexp(
-            jnp.log1p(-self.prior_weight) + jax.nn.logsumexp(kernels + self.log_mix, axis=-1),
-            jnp.log(self.prior_weight) + norm_model.log_prob(log_r),
-        )
-
-
-class SMCOutput(NamedTuple):
-    """One run: equally weighted draws after a final resampling, and its diagnostics."""
-
-    x: jax.Array
-    others: dict
-    group_log_r: jax.Array
-    group_log_weights: jax.Array
-    ess: jax.Array
-    group_ess: jax.Array
-    log_evidence: jax.Array
-    resamplings: jax.Array
-    dropped: jax.Array
+from msgm_pp.smc import (
+    NormProposal,
+    SMCOutput,
+    adapted_proposal,
+    process_of,
+    twisted_smc,
+    typical_point,
+)
 
 
 class ModelParts(NamedTuple):
@@ -130,15 +40,16 @@ class ModelParts(NamedTuple):
     observed ones."""
 
     prior_site: str
-    prior: MSGM
+    prior: ScoreBasedDistribution
     latent_sites: tuple[str, ...]
     observed_sites: tuple[str, ...]
 
 
 class _PlaceholderPriorDraws(Messenger):
     """Give score-based sites a placeholder value instead of running their sampler, so that the
-    structure of a model is read without a costly reverse-time draw: for an MSGM a draw of its
-    latent law (a typical norm, a uniform direction), ones otherwise."""
+    structure of a model is read without a costly reverse-time draw: a draw of its latent law
+    mapped to data (for an MSGM a typical norm and a uniform direction), ones when the site has
+    another shape."""
 
     def __init__(self, fn=None):
         self.filled: dict[str, tuple[int, ...]] = {}
@@ -150,23 +61,11 @@ class _PlaceholderPriorDraws(Messenger):
             if isinstance(fn, ScoreBasedDistribution):
                 shape = fn.shape(msg["kwargs"].get("sample_shape", ()))
                 msg["value"] = (
-                    _latent_point(fn, jax.random.key(0)).reshape(shape)
-                    if isinstance(fn, MSGM) and shape == fn.event_shape
+                    typical_point(fn, jax.random.key(0))
+                    if shape == fn.event_shape
                     else jnp.ones(shape)
                 )
                 self.filled[msg["name"]] = tuple(msg["value"].shape)
-
-
-def _to_data(prior: MSGM, y):
-    """The data point, shaped like a sample, of the model coordinates y (d,)."""
-    x = y if prior.coordinates is None else prior.coordinates.denormalise(y)
-    return x.reshape(prior.event_shape)
-
-
-def _latent_point(prior: MSGM, key):
-    """A point of the MSGM's latent law in data coordinates, shaped like a sample."""
-    log_r, u = prior.latent.sample_polar(key)
-    return _to_data(prior, jnp.exp(log_r) * u)
 
 
 def _trace(model, args, kwargs, *, substitutions, key=None):
@@ -181,7 +80,8 @@ def _sample_sites(trace: dict) -> dict:
 
 
 def inspect_model(model, args, kwargs, key) -> ModelParts:
-    """Find the single MSGM site of `model` and check its observed sites; see the errors below."""
+    """Find the single score-based site of `model` and check its observed sites; see the errors
+    below."""
     placeholders = _PlaceholderPriorDraws(model)
     try:
         trace = _sample_sites(_trace(placeholders, args, kwargs, substitutions={}, key=key))
@@ -195,26 +95,29 @@ def inspect_model(model, args, kwargs, key) -> ModelParts:
         ) from error
     for name, site in trace.items():
         inner = site["fn"]
-        while not isinstance(inner, MSGM) and hasattr(inner, "base_dist"):
+        while not isinstance(inner, ScoreBasedDistribution) and hasattr(inner, "base_dist"):
             inner = inner.base_dist
-        if isinstance(inner, MSGM) and inner is not site["fn"]:
+        if isinstance(inner, ScoreBasedDistribution) and inner is not site["fn"]:
             raise ValueError(
-                f"the MSGM site {name!r} is wrapped in a {type(site['fn']).__name__} (inside a "
-                "plate, or expanded or masked); TwistedSMC needs one draw of the MSGM itself."
+                f"the {type(inner).__name__} site {name!r} is wrapped in a "
+                f"{type(site['fn']).__name__} (inside a plate, or expanded or masked); TwistedSMC "
+                "needs one draw of the prior itself."
             )
-    priors = [n for n, s in trace.items() if not s["is_observed"] and isinstance(s["fn"], MSGM)]
+    priors = [
+        name
+        for name, site in trace.items()
+        if not site["is_observed"] and isinstance(site["fn"], ScoreBasedDistribution)
+    ]
     if len(priors) != 1:
         found = ", ".join(f"{n!r}: {type(s['fn']).__name__}" for n, s in trace.items()) or "none"
-        baseline = any(isinstance(s["fn"], ScoreBasedDistribution) for s in trace.values())
         raise ValueError(
             "TwistedSMC needs a model with exactly one latent site whose distribution is an "
-            f"msgm_pp.MSGM, found {len(priors)} (sample sites: {found})"
-            + ("; the SGM baseline is not supported yet." if baseline and not priors else ".")
+            f"msgm_pp.MSGM or SGM, found {len(priors)} (sample sites: {found})."
         )
     value_shape = tuple(trace[priors[0]]["value"].shape)
     if value_shape != tuple(trace[priors[0]]["fn"].event_shape):
         raise ValueError(
-            f"the MSGM site {priors[0]!r} has shape {value_shape} (inside a plate or with "
+            f"the prior site {priors[0]!r} has shape {value_shape} (inside a plate or with "
             "sample_shape?); TwistedSMC needs it to be one draw of the event shape "
             f"{tuple(trace[priors[0]]['fn'].event_shape)}."
         )
@@ -253,8 +156,8 @@ def _check_observed_site(name: str, site: dict) -> None:
 
 
 class TwistedSMC:
-    """Posterior draws for a NumPyro model with an MSGM prior, by twisted SMC over the reverse
-    rotations (see the module docstring for the target, twist, weights and norm proposal).
+    """Posterior draws for a NumPyro model with an MSGM or SGM prior, by twisted SMC over the
+    prior's reverse process (:mod:`msgm_pp.smc` states the target, twist, weights and norms).
 
     Usage mirrors `numpyro.infer.MCMC`::
 
@@ -264,7 +167,8 @@ class TwistedSMC:
         idata = smc.to_inference_data()             # ArviZ, with chains = independent runs
 
     Args:
-        model: a NumPyro model with exactly one latent site whose distribution is an `MSGM`.
+        model: a NumPyro model with exactly one latent site whose distribution is an `MSGM` or
+            an `SGM`.
         num_particles: particles per run (at least 2); the error of the estimates falls like
             1/√ESS.
         particles_per_norm: the particles that share one norm and one value of the other latent
@@ -272,11 +176,19 @@ class TwistedSMC:
         num_chains: independent runs, reported as chains (R-hat across them checks that runs
             agree).
         steps: reverse steps; None takes the model's `SDESampler` steps (the law of `sample`).
-        norm_rounds: pilot runs that adapt the norm proposal before the returned run.
+        norm_rounds: pilot runs that adapt the norm proposal before the returned run (none
+            for an SGM, which has no norm).
         ess_threshold: resample a group when its effective sample size falls below this
             fraction of its particles.
         cg_steps: conjugate-gradient steps of the twist's solve (exact for a Gaussian likelihood
             once it reaches the number of well-observed directions).
+        weighted: True (the default) weights and resamples the particles: the estimates converge
+            to the posterior as the particles grow. False is the fast approximate mode: every
+            particle follows the twisted proposal and is returned as a draw, never weighted or
+            resampled (the pilot rounds that choose the norms stay weighted). Its draws are
+            independent given their norms but biased by how far the twist is from the exact
+            conditional; `ess` still reports the importance ESS they would have for the exact
+            target. The README gives the bias measured on problems with a known posterior.
         progress: see :mod:`msgm_pp._progress`.
     """
 
@@ -291,6 +203,7 @@ class TwistedSMC:
         norm_rounds: int = 2,
         ess_threshold: float = 0.5,
         cg_steps: int = 16,
+        weighted: bool = True,
         progress: bool | None = None,
     ):
         if not callable(model):
@@ -314,6 +227,9 @@ class TwistedSMC:
             raise ValueError(f"`ess_threshold` must lie in (0, 1], got {ess_threshold}.")
         self.ess_threshold = float(ess_threshold)
         self.cg_steps = check_positive_int(cg_steps, "cg_steps")
+        if not isinstance(weighted, bool):
+            raise TypeError(f"`weighted` must be True or False, got {weighted!r}.")
+        self.weighted = weighted
         self.progress = progress
         self._runs: list[SMCOutput] = []
         self._parts: ModelParts | None = None
@@ -327,28 +243,35 @@ class TwistedSMC:
         steps = prior.sampler.steps if self.steps is None else self.steps
         log_likelihood, draw_others = _model_functions(self.model, args, kwargs, parts)
         _check_likelihood(log_likelihood, draw_others, prior, parts, inspect_key)
+        dtype = prior.float_dtype
         settings = {
             "groups": self.num_particles // self.group_size,
             "group_size": self.group_size,
             "steps": steps,
             "ess_threshold": self.ess_threshold,
-            "mixing_rate": float(prior.noise.mixing_rate()),
             "cg_steps": self.cg_steps,
+            "dtype": dtype,
         }
 
-        def run_once(run_key, proposal):
-            return _model_smc(self.model, parts, args, kwargs, run_key, proposal, settings)
+        process = process_of(prior)
 
-        dtype = prior.float_dtype
-        bar = progress_bar(self.num_chains * (self.norm_rounds + 1), "twisted SMC", self.progress)
+        def run_once(run_key, proposal, weighted):
+            run_settings = dict(settings, weighted=weighted)
+            return _model_smc(
+                self.model, parts, process, args, kwargs, run_key, proposal, run_settings
+            )
+
+        norm_model = getattr(prior, "norm_model", None)
+        rounds = self.norm_rounds if norm_model is not None else 0
+        bar = progress_bar(self.num_chains * (rounds + 1), "twisted SMC", self.progress)
         runs = []
         for chain_key in chain_keys:
-            proposal = NormProposal.prior(settings["groups"], dtype)
-            for round_key in jax.random.split(chain_key, self.norm_rounds + 1)[:-1]:
-                pilot = run_once(round_key, proposal)
-                proposal = _adapted_proposal(pilot, prior.norm_model, dtype)
+            proposal = None if norm_model is None else NormProposal.prior(settings["groups"], dtype)
+            for round_key in jax.random.split(chain_key, rounds + 1)[:-1]:
+                pilot = run_once(round_key, proposal, True)
+                proposal = adapted_proposal(pilot, norm_model, dtype)
                 bar.update(1)
-            runs.append(jax.block_until_ready(run_once(chain_key, proposal)))
+            runs.append(jax.block_until_ready(run_once(chain_key, proposal, self.weighted)))
             bar.update(1)
             bar.set_postfix(ess=f"{float(runs[-1].ess):.0f}")
         bar.close()
@@ -387,7 +310,9 @@ class TwistedSMC:
 
     @property
     def ess(self) -> np.ndarray:
-        """The effective sample size of each run's final weights, (chains,)."""
+        """The effective sample size of each run's final weights, (chains,). With
+        `weighted=False` the draws are not weighted, and this is the importance ESS they would
+        have as draws of the exact target: a gauge of the approximation."""
         return np.asarray([float(run.ess) for run in self._require_runs()])
 
     @property
@@ -448,9 +373,9 @@ def _model_functions(model, args, kwargs, parts: ModelParts):
     return log_likelihood, draw_others
 
 
-def _check_likelihood(log_likelihood, draw_others, prior: MSGM, parts: ModelParts, key) -> None:
+def _check_likelihood(log_likelihood, draw_others, prior, parts: ModelParts, key) -> None:
     """Run the likelihood once on a prior draw, so that shape errors name the sites."""
-    x = _latent_point(prior, key)
+    x = typical_point(prior, key)
     try:
         value = log_likelihood(x, draw_others(key, x))
     except (TypeError, ValueError) as error:
@@ -464,234 +389,8 @@ def _check_likelihood(log_likelihood, draw_others, prior: MSGM, parts: ModelPart
 
 
 @eqx.filter_jit
-def _model_smc(model, parts: ModelParts, args, kwargs, key, proposal, settings):
+def _model_smc(model, parts: ModelParts, process, args, kwargs, key, proposal, settings):
     """One SMC run for `model(*args, **kwargs)`, compiled once per model and argument shapes."""
     log_likelihood, draw_others = _model_functions(model, args, kwargs, parts)
-    return _smc(parts.prior, log_likelihood, draw_others, key, proposal, **settings)
-
-
-def _adapted_proposal(pilot: SMCOutput, norm_model, dtype) -> NormProposal:
-    """A kernel density of the pilot's group log-norms with their weights (Silverman's bandwidth
-    at the groups' effective number, at least 5% of the prior's spread), and 10% of the prior."""
-    log_mix = jax.nn.log_softmax(pilot.group_log_weights)
-    weights = jnp.exp(log_mix)
-    mean = jnp.sum(weights * pilot.group_log_r)
-    spread = jnp.sqrt(jnp.sum(weights * (pilot.group_log_r - mean) ** 2))
-    prior_spread = jnp.std(norm_model.sample(jax.random.key(0), (4096,)))
-    bandwidth = jnp.maximum(1.06 * spread * pilot.group_ess ** (-0.2), 0.05 * prior_spread)
-    adapted = NormProposal(
-        pilot.group_log_r.astype(dtype),
-        log_mix.astype(dtype),
-        bandwidth.astype(dtype),
-        jnp.asarray(DEFENSIVE_PRIOR_WEIGHT, dtype),
-    )
-    usable = jnp.isfinite(jax.nn.logsumexp(pilot.group_log_weights)) & jnp.isfinite(bandwidth)
-    prior = NormProposal.prior(pilot.group_log_r.shape[0], dtype)
-    return jax.tree.map(lambda a, b: jnp.where(usable, a, b), adapted, prior)
-
-
-def _truncated_cg(operator, b, steps: int):
-    """x ≈ M⁻¹ b for a symmetric M given by `operator`, by `steps` conjugate-gradient steps from
-    x = 0 that stop where M shows a direction of non-positive curvature (then x is the last
-    iterate, or b itself if that happens at once)."""
-
-    def step(carry, _):
-        x, r, p, rr, stopped = carry
-        mp_ = operator(p)
-        curvature = jnp.dot(p, mp_)
-        stopped = stopped | (curvature <= 0) | (rr == 0)
-        alpha = jnp.where(stopped, 0.0, rr / jnp.where(stopped, 1.0, curvature))
-        x, r_next = x + alpha * p, r - alpha * mp_
-        rr_next = jnp.dot(r_next, r_next)
-        beta = rr_next / jnp.where(rr > 0, rr, 1.0)
-        p = jnp.where(stopped, p, r_next + beta * p)
-        return (x, jnp.where(stopped, r, r_next), p, jnp.where(stopped, rr, rr_next), stopped), None
-
-    start = (jnp.zeros_like(b), b, b, jnp.dot(b, b), jnp.zeros((), bool))
-    (x, *_), _ = jax.lax.scan(step, start, None, length=steps)
-    return jnp.where(jnp.any(x != 0), x, b)
-
-
-def _ess(log_weights):
-    """Kish's (Σw)²/Σw², 0 when every weight is 0."""
-    total = jax.nn.logsumexp(log_weights)
-    safe = jnp.where(jnp.isfinite(total), log_weights, 0.0)
-    ess = jnp.exp(2 * jax.nn.logsumexp(safe) - jax.nn.logsumexp(2 * safe))
-    return jnp.where(jnp.isfinite(total), ess, 0.0)
-
-
-def _drop_non_finite(log_weights, increment, *states):
-    """Add `increment` to the log-weights; a particle whose increment or state is not finite (a
-    score or likelihood that overflowed) gets weight 0 and finite placeholder states, so that it
-    cannot spread NaN through resampling. Returns (log_weights, states, newly dropped)."""
-    finite = jnp.isfinite(increment)
-    for state in states:
-        finite &= jnp.all(jnp.isfinite(state.reshape(state.shape[0], -1)), axis=1)
-    alive = jnp.isfinite(log_weights)
-    log_weights = jnp.where(finite, log_weights + increment, -jnp.inf)
-    states = tuple(
-        jnp.where(finite.reshape(-1, *([1] * (a.ndim - 1))), a, jnp.zeros_like(a)) for a in states
-    )
-    return log_weights, states, jnp.sum(alive & ~finite)
-
-
-def _systematic_indices(key, log_weights, n: int | None = None):
-    """n indices (default: as many as weights) by systematic resampling."""
-    n = log_weights.shape[0] if n is None else n
-    cumulative = jnp.cumsum(jax.nn.softmax(log_weights))
-    positions = (jax.random.uniform(key, (), cumulative.dtype) + jnp.arange(n)) / n
-    return jnp.minimum(jnp.searchsorted(cumulative, positions), log_weights.shape[0] - 1)
-
-
-def _smc(
-    prior: MSGM,
-    log_likelihood,
-    draw_others,
-    key,
-    proposal,
-    *,
-    groups,
-    group_size,
-    steps,
-    ess_threshold,
-    mixing_rate,
-    cg_steps,
-):
-    """One run: `groups` norms (and other latent values) from the proposal, each with
-    `group_size` direction particles that are resampled only among themselves."""
-    score = prior.score
-    noise, norm_model, dtype = score.noise, prior.norm_model, prior.float_dtype
-
-    def data_point(u, log_r):
-        return _to_data(prior, jnp.exp(log_r) * u)
-
-    def log_likelihood_of_coordinates(y, others):
-        return log_likelihood(_to_data(prior, y), others)
-
-    def twist_and_guidance(u, log_r, others, s):
-        """(log ψ(u), the score g(u), the guidance ∇_S log ψ(u)); see the module docstring."""
-        tau = score.tau(s)
-        correlation = jnp.exp(-mixing_rate * tau)
-        variance = jnp.exp(2.0 * log_r) * -jnp.expm1(-2.0 * mixing_rate * tau) / (2.0 * mixing_rate)
-
-        def denoise(u):
-            g = score(u, log_r, s)
-            direction = renormalise(sphere_exp(u, tau * noise._diffusion(u, g)))
-            return jnp.exp(log_r) * correlation * direction, g
-
-        y_hat, pull_back, g = jax.vjp(denoise, u, has_aux=True)
-        value, gradient = jax.value_and_grad(log_likelihood_of_coordinates)(y_hat, others)
-
-        def inflated(v):
-            curvature = jax.jvp(
-                jax.grad(lambda y: log_likelihood_of_coordinates(y, others)), (y_hat,), (v,)
-            )[1]
-            return v - variance * curvature
-
-        solved = _truncated_cg(inflated, gradient, cg_steps)
-        (guidance,) = pull_back(solved)
-        return value + 0.5 * variance * jnp.dot(gradient, solved), g, project_tangent(u, guidance)
-
-    chunk = max(1, PARTICLE_CHUNK_BUDGET // score.dim)
-
-    def twists(u, log_r, others, s):
-        """The twist, score and guidance of every particle, in chunks of bounded memory."""
-
-        def one(particle):
-            return twist_and_guidance(*particle, s)
-
-        if u.shape[0] <= chunk:
-            return jax.vmap(one)((u, log_r, others))
-        return jax.lax.map(one, (u, log_r, others), batch_size=chunk)
-
-    times = reverse_times(score.schedule, score.t_eps, steps, dtype)
-    norm_key, direction_key, others_key, step_key, final_key = jax.random.split(key, 5)
-    n = groups * group_size
-
-    def per_particle(group_values):
-        return jax.tree.map(lambda a: jnp.repeat(a, group_size, axis=0), group_values)
-
-    group_log_r = proposal.sample(norm_key, norm_model, groups, dtype)
-    z = jax.random.normal(direction_key, (n, score.dim), dtype)
-    u = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
-    log_r = per_particle(group_log_r)
-    others = per_particle(
-        jax.vmap(draw_others)(
-            jax.random.split(others_key, groups),
-            jax.vmap(data_point)(u[::group_size], group_log_r),
-        )
-    )
-    log_psi, g, h = twists(u, log_r, others, times[0])
-    log_weights, (log_psi, g, h), dropped = _drop_non_finite(
-        norm_model.log_prob(log_r) - proposal.log_prob(log_r, norm_model), log_psi, log_psi, g, h
-    )
-
-    def guided_step(u, xi, d_tau, g, h):
-        coordinates = noise.drift_coordinates(u, h)
-        shift = jnp.sqrt(d_tau * jnp.sum(coordinates**2))
-        damping = jnp.minimum(1.0, MAX_GUIDANCE_SHIFT / jnp.maximum(shift, 1e-30))
-        h, coordinates = damping * h, damping * coordinates
-        u_next = noise.rotation_step(u, xi, d_tau, g + h, d_tau)
-        girsanov = -jnp.sqrt(d_tau) * jnp.sum(xi * coordinates) - 0.5 * d_tau * jnp.sum(
-            coordinates**2
-        )
-        return renormalise(u_next), girsanov
-
-    guided_steps = jax.vmap(guided_step, in_axes=(0, 0, None, 0, 0))
-    offsets = jnp.arange(groups)[:, None] * group_size
-
-    def resample_within_groups(key, log_weights):
-        """(indices, log-weights): systematic resampling of each group whose ESS is low; a
-        resampled group keeps its total weight, shared equally."""
-        grouped = log_weights.reshape(groups, group_size)
-        resample = jax.vmap(_ess)(grouped) < ess_threshold * group_size
-        local = jax.vmap(_systematic_indices)(jax.random.split(key, groups), grouped)
-        local = jnp.where(resample[:, None], local, jnp.arange(group_size))
-        level = jax.nn.logsumexp(grouped, axis=1, keepdims=True) - math.log(group_size)
-        grouped = jnp.where(resample[:, None], level, grouped)
-        return (local + offsets).ravel(), grouped.ravel(), jnp.sum(resample)
-
-    def step(carry, inputs):
-        u, log_psi, g, h, log_weights, resamplings, dropped = carry
-        s, s_next, key = inputs
-        noise_key, resample_key = jax.random.split(key)
-        d_tau = score.tau(s) - score.tau(s_next)
-        xi = jax.random.normal(noise_key, (n, *noise.increment_shape), dtype)
-        u_next, girsanov = guided_steps(u, xi, d_tau, g, h)
-        log_psi_next, g, h = twists(u_next, log_r, others, s_next)
-        log_weights, (u_next, log_psi_next, g, h), newly_dropped = _drop_non_finite(
-            log_weights, girsanov + log_psi_next - log_psi, u_next, log_psi_next, g, h
-        )
-        u_next = jnp.where(jnp.isfinite(log_weights)[:, None], u_next, u)
-        chosen, log_weights, resampled = resample_within_groups(resample_key, log_weights)
-        u, log_psi, g, h = (a[chosen] for a in (u_next, log_psi_next, g, h))
-        return (
-            u,
-            log_psi,
-            g,
-            h,
-            log_weights,
-            resamplings + resampled,
-            dropped + newly_dropped,
-        ), None
-
-    carry = (u, log_psi, g, h, log_weights, jnp.zeros((), jnp.int32), dropped)
-    keys = jax.random.split(step_key, steps)
-    (u, log_psi, _, _, log_weights, resamplings, dropped), _ = jax.lax.scan(
-        step, carry, (times[:-1], times[1:], keys)
-    )
-    x = jax.vmap(data_point)(u, log_r)
-    final = jax.vmap(log_likelihood)(x, others) - log_psi
-    log_weights, _, last_dropped = _drop_non_finite(log_weights, final)
-    chosen = _systematic_indices(final_key, log_weights)
-    return SMCOutput(
-        x=x[chosen],
-        others=jax.tree.map(lambda a: a[chosen], others),
-        group_log_r=group_log_r,
-        group_log_weights=jax.nn.logsumexp(log_weights.reshape(groups, group_size), axis=1),
-        ess=_ess(log_weights),
-        group_ess=_ess(jax.nn.logsumexp(log_weights.reshape(groups, group_size), axis=1)),
-        log_evidence=jax.nn.logsumexp(log_weights) - math.log(n),
-        resamplings=resamplings,
-        dropped=dropped + last_dropped,
-    )
+    norm_model = getattr(parts.prior, "norm_model", None)
+    return twisted_smc(process, norm_model, log_likelihood, draw_others, key, proposal, **settings)

@@ -15,6 +15,7 @@ LAYERS = [
     {"losses", "training", "samplers", "density"},
     {"score_based"},
     {"msgm", "sgm"},
+    {"smc"},
     {"metrics", "datasets", "diagnostics", "posterior"},
     {"plots"},
     {"__init__"},
