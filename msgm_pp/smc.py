@@ -35,7 +35,8 @@ where the solve takes `cg_steps` conjugate-gradient steps with Hessian-vector pr
 likelihood only, and the guidance h = ∇_z log ψ pulls the solved vector back through x̂_0(z). The
 inflation keeps the weights even: a sharp observation seen through an uncertain x̂_0 is much
 flatter than at x̂_0 itself, in each observed direction by its own factor. The proposal adds h to
-the score in the reverse step, its shift capped at 3 noise standard deviations per step; the
+the score in the reverse step, its shift capped at 3 noise standard deviations per step (root
+mean square over the noise coordinates, so that the cap means the same at every d); the
 weight carries the Girsanov ratio of the two Gaussian increments, −√Δτ ξ·c − ½Δτ|c|² with c the
 guidance in noise coordinates (G(u)ᵀh, or h for the SGM), times ψ_{k−1}/ψ_k, and at t_ε the last
 weight swaps ψ for the likelihood itself. The twist only shapes the proposal: the weights are exact
@@ -73,7 +74,7 @@ from msgm_pp.sgm import SGM, VPScore
 from msgm_pp.sphere import project_tangent, renormalise, sphere_exp
 
 DEFENSIVE_PRIOR_WEIGHT = 0.1
-MAX_GUIDANCE_SHIFT = 3.0
+MAX_GUIDANCE_SHIFT = 3.0  # noise sds per step, root mean square over the noise coordinates
 PARTICLE_CHUNK_BUDGET = 2**16  # particles × d per vectorised evaluation of the network
 
 
@@ -395,7 +396,7 @@ def twisted_smc(
 
     def guided_step(z, xi, d_tau, score, guidance):
         coordinates = process.drift_coordinates(z, guidance)
-        shift = jnp.sqrt(d_tau * jnp.sum(coordinates**2))
+        shift = jnp.sqrt(d_tau * jnp.mean(coordinates**2))
         damping = jnp.minimum(1.0, MAX_GUIDANCE_SHIFT / jnp.maximum(shift, 1e-30))
         coordinates = damping * coordinates
         z_next = process.step(z, xi, d_tau, score, damping * guidance)
