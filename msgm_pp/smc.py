@@ -53,7 +53,7 @@ importance sampling over (ℓ, θ) with unbiased weights, consistent as the numb
 0.9 × a kernel density of its group log-norms, weighted by the groups' total weights, + 0.1 p_ℓ.
 An SGM has no norm: its groups only share θ.
 
-**Guided mode** (`weighted=False`): every particle follows the twisted proposal and none is
+**Approximate mode** (`weighted=False`): every particle follows the twisted proposal and none is
 resampled; the draws are the proposal's, independent given their groups' norms, and biased by how
 far the twist is from the exact conditional. Their weights are still computed, so the run reports
 the importance ESS those draws would have for the exact target.
