@@ -99,9 +99,9 @@ class RotationProcess(eqx.Module):
         z = jax.random.normal(key, (n, self.dim), dtype)
         return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
 
-    def point(self, u, log_r):
-        """The model coordinates y = e^ℓ u of a particle."""
-        return jnp.exp(log_r) * u
+    def data_point(self, u, log_r):
+        """The data point, shaped like a sample, of a particle: e^ℓ u mapped to data."""
+        return self.to_data(jnp.exp(log_r) * u)
 
     def to_data(self, y):
         """The data point, shaped like a sample, of model coordinates y (d,)."""
@@ -149,8 +149,8 @@ class DiffusionProcess(eqx.Module):
         """n draws of the latent law N(0, I)."""
         return jax.random.normal(key, (n, self.dim), dtype)
 
-    def point(self, y, log_r):
-        return y
+    def data_point(self, y, log_r):
+        return self.to_data(y)
 
     def to_data(self, y):
         return self.score.denormalise(y).reshape(self.event_shape)
@@ -188,7 +188,7 @@ def typical_point(prior, key):
     process = process_of(prior)
     if isinstance(prior, MSGM):
         log_r, u = prior.latent.sample_polar(key)
-        return process.to_data(process.point(u, log_r))
+        return process.data_point(u, log_r)
     return process.to_data(process.start(key, 1, prior.float_dtype)[0])
 
 
@@ -389,9 +389,7 @@ def twisted_smc(
             norm_model.log_prob(group_log_r) - proposal.log_prob(group_log_r, norm_model)
         )
     log_r = per_particle(group_log_r)
-    group_points = jax.vmap(lambda z, log_r: process.to_data(process.point(z, log_r)))(
-        z[::group_size], group_log_r
-    )
+    group_points = jax.vmap(process.data_point)(z[::group_size], group_log_r)
     others = per_particle(jax.vmap(draw_others)(jax.random.split(others_key, groups), group_points))
 
     def guided_step(z, xi, d_tau, score, guidance):
@@ -445,7 +443,7 @@ def twisted_smc(
     (z, log_psi, girsanov, log_weights, resamplings, dropped), _ = jax.lax.scan(
         step, carry, (times[:-1], times[1:], keys)
     )
-    x = jax.vmap(lambda z, log_r: process.to_data(process.point(z, log_r)))(z, log_r)
+    x = jax.vmap(process.data_point)(z, log_r)
     final = girsanov + jax.vmap(log_likelihood)(x, others) - log_psi
     log_weights, _, last_dropped = drop_non_finite(log_weights, final)
     group_log_weights = jax.nn.logsumexp(log_weights.reshape(groups, group_size), axis=1)
