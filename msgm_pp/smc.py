@@ -23,7 +23,9 @@ a Gaussian guess of its end point, x_0 ~ N(x̂_0(z), v I) in model coordinates:
   Tweedie's formula in normal coordinates of the sphere (E[Log_u u_0 | u_τ = u] ≈ τ Σ(u) ∇log
   p_τ(u)), shrunk by e^{−ρτ}, the correlation of a direction with its start (ρ is the noise's
   mixing rate); v is the spread of a direction after τ, so the twist is flat once directions
-  have mixed.
+  have mixed. v is capped at r²/d, the average variance of a coordinate of r u (Σ Var u_i ≤ 1):
+  the linearised spread grows towards r²/(2ρ), which for slowly mixing noise (a 32×32 lattice
+  has ρ ≈ 0.019) is thousands of times larger and would leave the twist flat until the end.
 - SGM: Tweedie's x̂_0 = (x̃ − σ_t ε_θ(x̃, t))/α_t and v = σ_t², the spread of x̃_0 given x̃_t for
   data of unit variance (the choice of pseudoinverse guidance, Song et al. 2023).
 
@@ -116,9 +118,10 @@ class RotationProcess(eqx.Module):
         return jnp.exp(log_r - self.mixing_rate * tau) * direction, g
 
     def spread(self, log_r, s):
-        """v, the variance of each coordinate of the guess of x_0 around x̂_0."""
+        """v, the variance of each coordinate of the guess of x_0 around x̂_0, at most r²/d."""
         rate = self.mixing_rate
-        return jnp.exp(2.0 * log_r) * -jnp.expm1(-2.0 * rate * self.score.tau(s)) / (2.0 * rate)
+        mixing = -jnp.expm1(-2.0 * rate * self.score.tau(s)) / (2.0 * rate)
+        return jnp.exp(2.0 * log_r) * jnp.minimum(mixing, 1.0 / self.dim)
 
     def tangent(self, u, gradient):
         return project_tangent(u, gradient)

@@ -204,6 +204,22 @@ def test_the_approximate_mode_returns_every_particle_and_is_exact_where_the_twis
     assert np.all(smc.ess > 1500)  # the weights, unused, are nearly even
 
 
+def test_the_twist_spread_follows_the_linear_law_early_and_never_exceeds_r2_over_d():
+    fields = jax.random.t(jax.random.key(0), 3.0, (256, 16, 16))
+    prior = mp.MSGM.build(fields, key=jax.random.key(1), noise=mp.LatticeNoise((16, 16)))
+    process = smc_module.process_of(prior)
+    log_r, d = 1.5, process.dim
+    times = jnp.linspace(process.score.t_eps, process.score.schedule.T, 200)
+    tau = jax.vmap(process.score.tau)(times)
+    spread = jax.vmap(lambda s: process.spread(log_r, s))(times) / math.exp(2 * log_r)
+    rate = process.mixing_rate
+    linearised = -np.expm1(-2 * rate * np.asarray(tau)) / (2 * rate)
+    assert linearised[-1] > 10 / d  # a 16×16 lattice mixes slowly: the cap has to bind
+    assert np.all(np.asarray(spread) <= (1 + 1e-6) / d)
+    early = linearised < 1 / d
+    np.testing.assert_allclose(spread[early], linearised[early], rtol=1e-5)
+
+
 def test_lattice_models_run_with_a_blur_and_a_mask():
     fields = jax.random.t(jax.random.key(0), 3.0, (256, 4, 4))
     prior = mp.MSGM.build(fields, key=jax.random.key(1), noise=mp.LatticeNoise((4, 4)))
