@@ -23,7 +23,8 @@ The score-based priors go through `mp.TwistedSMC` twice: weighted (asymptoticall
 round, the model's SDE steps. Recorded per prior, sampler and task (means over problems): RMSE of
 the posterior mean, the share of sites inside their 90% interval, the same two on the extremes
 (the 1% of sites with the largest |x|), the seconds per run, the effective draws (the ESS for
-weighted runs, the particles for the approximate mode) and seconds per effective draw. Writes
+weighted runs, the particles for the approximate mode) and seconds per effective draw, beside the seconds that
+`prior.sample` takes for as many unconditional draws. Writes
 benchmarks/results/inverse_fields.json.
 """
 
@@ -153,6 +154,14 @@ def smc_result(task: Task, prior, y, truth, key, particles: int, weighted: bool)
     }
 
 
+def unconditional_seconds(prior, n: int, key) -> float:
+    """Seconds for n draws of `prior.sample` once compiled: the cost a posterior run is set against."""
+    jax.block_until_ready(prior.sample(key, (n,)))
+    start = time.perf_counter()
+    jax.block_until_ready(prior.sample(jax.random.fold_in(key, 1), (n,)))
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--side", type=int, default=32)
@@ -173,6 +182,10 @@ def main() -> None:
     priors["SGM"] = mp.SGM.fit(train.reshape(args.train, -1), key=keys[2])
     training_seconds["SGM"] = time.perf_counter() - start
     print(f"trained: {training_seconds}", flush=True)
+    sampling_seconds = {
+        name: unconditional_seconds(prior, args.particles, keys[7])
+        for name, prior in priors.items()
+    }
     mean, covariance = stationary_covariance(train)
 
     results = []
@@ -200,6 +213,7 @@ def main() -> None:
         "settings": vars(args),
         "field_sd": sd,
         "training_seconds": training_seconds,
+        "unconditional_sampling_seconds": sampling_seconds,
         "problems": results,
     }
     path = Path(__file__).parent / "results" / "inverse_fields.json"

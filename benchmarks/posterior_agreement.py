@@ -20,14 +20,13 @@ import time
 import warnings
 from pathlib import Path
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from _comparison import nuts as nuts_draws
 from _machine import machine
-from numpyro.infer import MCMC, NUTS
 
 import msgm_pp as mp
 from msgm_pp.datasets import CorrelatedCauchy
@@ -44,26 +43,9 @@ def inverse_problem(prior, y):
 
 
 def nuts(prior, y, key):
-    mcmc = MCMC(
-        NUTS(inverse_problem, dense_mass=True),
-        num_warmup=1000,
-        num_samples=2000,
-        num_chains=4,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    start = time.perf_counter()
-    mcmc.run(key, prior, y)
-    seconds = time.perf_counter() - start
-    x = np.asarray(mcmc.get_samples()["x"], np.float64)
-    posterior = az.from_numpyro(mcmc)
-    return {
-        "mean": x.mean(0),
-        "sd": x.std(0),
-        "ess_min": float(az.ess(posterior)["x"].min()),
-        "r_hat_max": float(az.rhat(posterior)["x"].max()),
-        "seconds": seconds,
-    }
+    result = nuts_draws(inverse_problem, key, prior, y)
+    x = result.pop("x")
+    return {"mean": x.mean(0), "sd": x.std(0), **result}
 
 
 def run(seed: int, steps: int) -> dict:

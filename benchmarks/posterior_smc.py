@@ -1,6 +1,7 @@
 """Posteriors under MSGM priors by `mp.TwistedSMC`: calibration, agreement with NUTS, and time.
 
-    python benchmarks/posterior_smc.py [--parts exact cauchy4 tutorial] [--problems 200]
+    python benchmarks/posterior_smc.py [--parts exact approximate cauchy4 tutorial coverage16]
+        [--problems 200]
 
 - exact: a d = 2 MSGM whose score is exact (`PointMassMixtureScore`: directions at 0.3, 2.0 and 4.0
   rad with weights 0.5, 0.3, 0.2; log-norms N(0, 0.5²) as a KDE), observed through
@@ -8,6 +9,8 @@
   quadrature (posterior means in posterior standard deviations, log-evidence in nats); then the 90%
   intervals' coverage over `--problems` problems whose x is drawn by the prior's own SDE sampler,
   the law that the SMC targets, so that an exact sampler covers 90% of them.
+- approximate: the same five observations with `weighted=False`, against quadrature (the bias of
+  the fast approximate mode).
 - cauchy4: the paper's correlated Cauchy (d = 4); an MSGM fitted with the defaults to 8192 draws;
   y = H x + N(0, 0.05²) with the H of benchmarks/posterior_agreement.py. Coverage over
   `--problems` problems with x from the MSGM's sampler; then three problems with x from the true
@@ -16,6 +19,8 @@
 - tutorial: tutorials/02_inverse_problem.ipynb's problem (d = 16, a blurred signal with jumps,
   σ = 0.05): the SMC against NUTS with the learned prior's `log_prob` (32 ODE steps, 4 chains of
   500 + 1000) and with the true prior.
+- coverage16: the 90% intervals' coverage on the tutorial's problem over `--problems` problems
+  whose x is drawn by the fitted MSGM's sampler, one run each.
 
 The SMC runs 4 chains (independent runs) of 1024 particles in groups of 16 per norm, 2 pilot
 rounds, the model's 128 SDE steps. Writes benchmarks/results/posterior_smc.json.
@@ -28,15 +33,14 @@ import time
 import warnings
 from pathlib import Path
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from _comparison import nuts
 from _machine import machine
 from numpyro.distributions import transforms
-from numpyro.infer import MCMC, NUTS
 from scipy import stats
 
 import msgm_pp as mp
@@ -69,8 +73,10 @@ def blur_model(prior, y=None):
     numpyro.sample("y", dist.Normal(BLUR @ x, 0.05).to_event(1), obs=y)
 
 
-def smc(model, prior, y, key, chains=4):
-    sampler = mp.TwistedSMC(model, num_particles=1024, num_chains=chains, progress=False)
+def smc(model, prior, y, key, chains=4, weighted=True):
+    sampler = mp.TwistedSMC(
+        model, num_particles=1024, num_chains=chains, weighted=weighted, progress=False
+    )
     start = time.perf_counter()
     sampler.run(key, prior, y=y)
     x = np.asarray(sampler.get_samples()["x"], np.float64)
@@ -82,23 +88,6 @@ def smc(model, prior, y, key, chains=4):
         "group_ess": sampler.group_ess.tolist(),
         "log_evidence": sampler.log_evidence.tolist(),
     }
-
-
-def nuts(model, prior, y, key, warmup=1000, draws=2000):
-    mcmc = MCMC(
-        NUTS(model, dense_mass=True),
-        num_warmup=warmup,
-        num_samples=draws,
-        num_chains=4,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    start = time.perf_counter()
-    mcmc.run(key, prior, y=y)
-    x = np.asarray(mcmc.get_samples()["x"], np.float64)
-    seconds = time.perf_counter() - start
-    posterior = az.from_numpyro(mcmc)
-    return {"x": x, "seconds": seconds, "ess_min": float(az.ess(posterior)["x"].min())}
 
 
 def summary(draws: dict, reference: dict) -> dict:
@@ -204,10 +193,13 @@ def quadrature(prior, y):
     return mean, sd, log_evidence
 
 
+EXACT_OBSERVATIONS = [0.4, -0.3, 1.0, 2.5, 0.0]
+
+
 def exact_part(problems: int) -> dict:
     prior = exact_prior()
     checks = []
-    for seed, y in enumerate([0.4, -0.3, 1.0, 2.5, 0.0]):
+    for seed, y in enumerate(EXACT_OBSERVATIONS):
         y = jnp.array([y])
         mean, sd, log_evidence = quadrature(prior, y)
         run = smc(line_model, prior, y, jax.random.key(seed))
@@ -230,6 +222,26 @@ def exact_part(problems: int) -> dict:
     return {"quadrature": checks, "calibration": calibration}
 
 
+def approximate_part() -> dict:
+    """The bias of `weighted=False` on the exact d = 2 problem, against quadrature."""
+    prior = exact_prior()
+    checks = []
+    for seed, y in enumerate(EXACT_OBSERVATIONS):
+        y = jnp.array([y])
+        mean, sd, _ = quadrature(prior, y)
+        run = smc(line_model, prior, y, jax.random.key(seed), weighted=False)
+        checks.append(
+            {
+                "y": float(y[0]),
+                "abs_mean_shift_in_sd": np.abs((run["x"].mean(0) - mean) / sd).tolist(),
+                "sd_ratio": (run["x"].std(0) / sd).tolist(),
+                "seconds": run["seconds"],
+            }
+        )
+        print("approximate", checks[-1], flush=True)
+    return {"quadrature": checks}
+
+
 def cauchy_part(problems: int) -> dict:
     data_key, fit_key, cover_key = jax.random.split(jax.random.key(0), 3)
     start = time.perf_counter()
@@ -248,8 +260,8 @@ def cauchy_part(problems: int) -> dict:
         truth_key, noise_key, run_key = jax.random.split(jax.random.key(10 + seed), 3)
         x_true = CAUCHY.sample(truth_key)
         y = noise(x_true, noise_key)
-        learned = nuts(cauchy_model, prior.with_options(density=mp.ODEDensity(32)), y, run_key)
-        exact = nuts(cauchy_model, CAUCHY, y, run_key)
+        learned = nuts(cauchy_model, run_key, prior.with_options(density=mp.ODEDensity(32)), y)
+        exact = nuts(cauchy_model, run_key, CAUCHY, y)
         draws = smc(cauchy_model, prior, y, run_key)
         comparisons.append(
             {"x_true": np.asarray(x_true).tolist(), **comparison(draws, learned, exact)}
@@ -258,24 +270,37 @@ def cauchy_part(problems: int) -> dict:
     return {"fit_seconds": fit_seconds, "calibration": calibration, "comparisons": comparisons}
 
 
-def tutorial_part() -> dict:
+TUTORIAL_KEYS = jax.random.split(jax.random.key(0), 5)  # as in the notebook
+
+
+def blur_noise(x, key):
+    return BLUR @ x + 0.05 * jax.random.normal(key, (D16,))
+
+
+def tutorial_priors():
+    """Tutorial 02's true prior (a random walk of Student-t jumps) and the MSGM fitted to it."""
     jumps = dist.StudentT(2.0, 0.0, 0.1).expand([D16]).to_event(1)
     true_prior = dist.TransformedDistribution(
         jumps, transforms.LowerCholeskyAffine(jnp.zeros(D16), jnp.tril(jnp.ones((D16, D16))))
     )
-    k_train, k_truth, k_noise, k_fit, k_mcmc = jax.random.split(jax.random.key(0), 5)
+    k_train, _, _, k_fit, _ = TUTORIAL_KEYS
     train = true_prior.sample(k_train, (20_000,))
+    start = time.perf_counter()
+    prior = mp.MSGM.fit(train, key=k_fit, progress=False)
+    return true_prior, prior, time.perf_counter() - start
+
+
+def tutorial_part() -> dict:
+    true_prior, prior, fit_seconds = tutorial_priors()
+    _, k_truth, k_noise, _, k_mcmc = TUTORIAL_KEYS
     candidates = np.asarray(true_prior.sample(k_truth, (100,)))
     largest_jump = np.abs(np.diff(candidates, axis=1, prepend=0.0)).max(axis=1)
     x_true = jnp.asarray(candidates[np.argmax(largest_jump > 0.5)])
-    y = BLUR @ x_true + 0.05 * jax.random.normal(k_noise, (D16,))
-    start = time.perf_counter()
-    prior = mp.MSGM.fit(train, key=k_fit, progress=False)
-    fit_seconds = time.perf_counter() - start
+    y = blur_noise(x_true, k_noise)
     draws = smc(blur_model, prior, y, jax.random.key(1))
-    exact = nuts(blur_model, true_prior, y, k_mcmc, warmup=500, draws=1000)
+    exact = nuts(blur_model, k_mcmc, true_prior, y, warmup=500, draws=1000)
     learned = nuts(
-        blur_model, prior.with_options(density=mp.ODEDensity(32)), y, k_mcmc, warmup=500, draws=1000
+        blur_model, k_mcmc, prior.with_options(density=mp.ODEDensity(32)), y, warmup=500, draws=1000
     )
     truth = np.asarray(x_true)
     result = {
@@ -291,6 +316,14 @@ def tutorial_part() -> dict:
     return result
 
 
+def coverage16_part(problems: int) -> dict:
+    """The 90% intervals' coverage on tutorial 02's problem, x from the MSGM's own sampler."""
+    _, prior, fit_seconds = tutorial_priors()
+    calibration = coverage(blur_model, prior, blur_noise, jax.random.key(200), problems)
+    print("coverage16", calibration, flush=True)
+    return {"fit_seconds": fit_seconds, "calibration": calibration}
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -298,8 +331,8 @@ def main():
     parser.add_argument(
         "--parts",
         nargs="+",
-        default=["exact", "cauchy4", "tutorial"],
-        choices=["exact", "cauchy4", "tutorial"],
+        default=["exact", "approximate", "cauchy4", "tutorial", "coverage16"],
+        choices=["exact", "approximate", "cauchy4", "tutorial", "coverage16"],
     )
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/posterior_smc.json"))
@@ -307,8 +340,10 @@ def main():
     results = json.loads(args.out.read_text()).get("parts", {}) if args.out.exists() else {}
     parts = {
         "exact": lambda: exact_part(args.problems),
+        "approximate": approximate_part,
         "cauchy4": lambda: cauchy_part(args.problems),
         "tutorial": tutorial_part,
+        "coverage16": lambda: coverage16_part(args.problems),
     }
     for name in args.parts:
         results[name] = parts[name]()

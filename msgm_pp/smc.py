@@ -52,8 +52,14 @@ and one value of θ from its prior, and its particles are resampled only among t
 group's total weight then estimates p(ℓ) p(y | ℓ, θ)/q(ℓ) without bias, so the whole run is
 importance sampling over (ℓ, θ) with unbiased weights, consistent as the number of groups grows
 (Tran et al. 2013, "Importance sampling squared"). :func:`adapted_proposal` turns a pilot run into
-0.9 × a kernel density of its group log-norms, weighted by the groups' total weights, + 0.1 p_ℓ.
-An SGM has no norm: its groups only share θ.
+0.9 × a kernel density, weighted by the groups' total weights, + 0.1 p_ℓ. Its centres are not
+the norms the pilot groups drew but a Gibbs-like redraw of each: ℓ' ~ p_ℓ(ℓ') exp L(e^ℓ' u, θ)
+with u one of the group's directions drawn by weight (:func:`conditional_log_norm`, a 1-D grid
+with the likelihood only). Where the pilot's weights are even this is much like the drawn norms;
+in high d they collapse onto one group, whose drawn norm can be far off (a 32×32 field: e^2.5
+against a true e^3.1), while its direction, shaped by the data, says where the norm should be.
+Any q keeps the weights exact; this one puts the norms where the data are. An SGM has no norm:
+its groups only share θ.
 
 **Approximate mode** (`weighted=False`): every particle follows the twisted proposal and none is
 resampled; the draws are the proposal's, independent given their groups' norms, and biased by how
@@ -239,6 +245,7 @@ class SMCOutput(NamedTuple):
     x: jax.Array
     others: dict
     group_log_r: jax.Array
+    group_fitted_log_r: jax.Array  # a draw of each group's ℓ given one of its directions
     group_log_weights: jax.Array
     ess: jax.Array
     group_ess: jax.Array
@@ -248,16 +255,18 @@ class SMCOutput(NamedTuple):
 
 
 def adapted_proposal(pilot: SMCOutput, norm_model, dtype) -> NormProposal:
-    """A kernel density of the pilot's group log-norms with their weights (Silverman's bandwidth
-    at the groups' effective number, at least 5% of the prior's spread), and 10% of the prior."""
+    """A kernel density of the pilot groups' redrawn log-norms with the groups' weights
+    (Silverman's bandwidth at the groups' effective number, at least 5% of the prior's spread),
+    and 10% of the prior."""
+    centres = pilot.group_fitted_log_r
     log_mix = jax.nn.log_softmax(pilot.group_log_weights)
     weights = jnp.exp(log_mix)
-    mean = jnp.sum(weights * pilot.group_log_r)
-    spread = jnp.sqrt(jnp.sum(weights * (pilot.group_log_r - mean) ** 2))
+    mean = jnp.sum(weights * centres)
+    spread = jnp.sqrt(jnp.sum(weights * (centres - mean) ** 2))
     prior_spread = jnp.std(norm_model.sample(jax.random.key(0), (4096,)))
     bandwidth = jnp.maximum(1.06 * spread * pilot.group_ess ** (-0.2), 0.05 * prior_spread)
     adapted = NormProposal(
-        pilot.group_log_r.astype(dtype),
+        centres.astype(dtype),
         log_mix.astype(dtype),
         bandwidth.astype(dtype),
         jnp.asarray(DEFENSIVE_PRIOR_WEIGHT, dtype),
@@ -265,6 +274,30 @@ def adapted_proposal(pilot: SMCOutput, norm_model, dtype) -> NormProposal:
     usable = jnp.isfinite(jax.nn.logsumexp(pilot.group_log_weights)) & jnp.isfinite(bandwidth)
     prior = NormProposal.prior(pilot.group_log_r.shape[0], dtype)
     return jax.tree.map(lambda a, b: jnp.where(usable, a, b), adapted, prior)
+
+
+def conditional_log_norm(key, process, norm_model, log_likelihood, u, others, log_r):
+    """A draw of ℓ' from p(ℓ' | u, θ, y) ∝ p_ℓ(ℓ') exp L(e^ℓ' u, θ), the norm's conditional along
+    the direction u (ignoring how u's own law depends on ℓ): a cell of a 64-point grid over the
+    norm model's range, then a point of a 65-point grid across the cell and its neighbours, each
+    drawn by its value. ℓ where the likelihood is nowhere finite."""
+    draws = norm_model.sample(jax.random.key(0), (4096,)).astype(log_r.dtype)
+    margin = jnp.std(draws)
+    coarse = jnp.linspace(jnp.min(draws) - margin, jnp.max(draws) + margin, 64)
+
+    def profile(ell):
+        value = norm_model.log_prob(ell) + log_likelihood(process.data_point(u, ell), others)
+        return jnp.where(jnp.isfinite(value), value, -jnp.inf)
+
+    def draw(key, grid):
+        values = jax.vmap(profile)(grid)
+        return grid[jax.random.categorical(key, values)], jnp.max(values)
+
+    coarse_key, fine_key = jax.random.split(key)
+    centre, _ = draw(coarse_key, coarse)
+    width = coarse[1] - coarse[0]
+    fine, value = draw(fine_key, centre + jnp.linspace(-width, width, 65))
+    return jnp.where(jnp.isfinite(value), fine, log_r)
 
 
 def truncated_cg(operator, b, steps: int):
@@ -377,6 +410,7 @@ def twisted_smc(
 
     times = reverse_times(process.score.schedule, process.score.t_eps, steps, dtype)
     norm_key, start_key, others_key, step_key, final_key = jax.random.split(key, 5)
+    fit_key = jax.random.fold_in(final_key, 1)
     n = groups * group_size
 
     def per_particle(group_values):
@@ -449,7 +483,25 @@ def twisted_smc(
     x = jax.vmap(process.data_point)(z, log_r)
     final = girsanov + jax.vmap(log_likelihood)(x, others) - log_psi
     log_weights, _, last_dropped = drop_non_finite(log_weights, final)
-    group_log_weights = jax.nn.logsumexp(log_weights.reshape(groups, group_size), axis=1)
+    grouped = log_weights.reshape(groups, group_size)
+    group_log_weights = jax.nn.logsumexp(grouped, axis=1)
+    if norm_model is None:
+        group_fitted_log_r = group_log_r
+    else:
+        pick_key, norm_key = jax.random.split(fit_key)
+        picked = offsets[:, 0] + jax.vmap(jax.random.categorical)(
+            jax.random.split(pick_key, groups), jnp.where(jnp.isfinite(grouped), grouped, -1e30)
+        )
+        group_fitted_log_r = jax.vmap(
+            lambda key, u, others, ell: conditional_log_norm(
+                key, process, norm_model, log_likelihood, u, others, ell
+            )
+        )(
+            jax.random.split(norm_key, groups),
+            z[picked],
+            jax.tree.map(lambda a: a[picked], others),
+            group_log_r,
+        )
     if weighted:
         chosen = systematic_indices(final_key, log_weights)
     else:  # every particle is a draw, unless it met non-finite values
@@ -459,6 +511,7 @@ def twisted_smc(
         x=x[chosen],
         others=jax.tree.map(lambda a: a[chosen], others),
         group_log_r=group_log_r,
+        group_fitted_log_r=group_fitted_log_r,
         group_log_weights=group_log_weights,
         ess=ess(log_weights),
         group_ess=ess(group_log_weights),

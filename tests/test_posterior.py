@@ -204,6 +204,21 @@ def test_the_approximate_mode_returns_every_particle_and_is_exact_where_the_twis
     assert np.all(smc.ess > 1500)  # the weights, unused, are nearly even
 
 
+def test_pilot_rounds_move_the_norms_to_where_the_data_put_them(exact_prior):
+    """x is observed sharply at a norm 3 prior sds out: the 16 pilot norms drawn from the prior
+    all miss it, and the next round's norms must come from the fitted ones, not the drawn ones."""
+
+    def sharp(prior, y=None):
+        x = numpyro.sample("x", prior)
+        numpyro.sample("y", dist.Normal(x, 0.02).to_event(1), obs=y)
+
+    y = math.exp(1.5) * jnp.array([math.cos(0.3), math.sin(0.3)])
+    smc = mp.TwistedSMC(sharp, num_particles=256, norm_rounds=1, progress=False)
+    smc.run(jax.random.key(0), exact_prior, y=y)
+    log_norms = np.log(np.linalg.norm(np.asarray(smc.get_samples()["x"]), axis=1))
+    assert abs(log_norms.mean() - 1.5) < 0.02  # the posterior of ℓ has sd ≈ 0.02 / e^1.5
+
+
 def test_the_twist_spread_follows_the_linear_law_early_and_never_exceeds_r2_over_d():
     fields = jax.random.t(jax.random.key(0), 3.0, (256, 16, 16))
     prior = mp.MSGM.build(fields, key=jax.random.key(1), noise=mp.LatticeNoise((16, 16)))
