@@ -245,7 +245,7 @@ class SMCOutput(NamedTuple):
     x: jax.Array
     others: dict
     group_log_r: jax.Array
-    group_fitted_log_r: jax.Array  # a draw of each group's ℓ given one of its directions
+    group_redrawn_log_r: jax.Array  # a draw of each group's ℓ given one of its directions
     group_log_weights: jax.Array
     ess: jax.Array
     group_ess: jax.Array
@@ -258,7 +258,7 @@ def adapted_proposal(pilot: SMCOutput, norm_model, dtype) -> NormProposal:
     """A kernel density of the pilot groups' redrawn log-norms with the groups' weights
     (Silverman's bandwidth at the groups' effective number, at least 5% of the prior's spread),
     and 10% of the prior."""
-    centres = pilot.group_fitted_log_r
+    centres = pilot.group_redrawn_log_r
     log_mix = jax.nn.log_softmax(pilot.group_log_weights)
     weights = jnp.exp(log_mix)
     mean = jnp.sum(weights * centres)
@@ -410,7 +410,7 @@ def twisted_smc(
 
     times = reverse_times(process.score.schedule, process.score.t_eps, steps, dtype)
     norm_key, start_key, others_key, step_key, final_key = jax.random.split(key, 5)
-    fit_key = jax.random.fold_in(final_key, 1)
+    redraw_key = jax.random.fold_in(final_key, 1)
     n = groups * group_size
 
     def per_particle(group_values):
@@ -486,18 +486,18 @@ def twisted_smc(
     grouped = log_weights.reshape(groups, group_size)
     group_log_weights = jax.nn.logsumexp(grouped, axis=1)
     if norm_model is None:
-        group_fitted_log_r = group_log_r
+        group_redrawn_log_r = group_log_r
     else:
-        pick_key, norm_key = jax.random.split(fit_key)
+        pick_key, draw_key = jax.random.split(redraw_key)
         picked = offsets[:, 0] + jax.vmap(jax.random.categorical)(
             jax.random.split(pick_key, groups), jnp.where(jnp.isfinite(grouped), grouped, -1e30)
         )
-        group_fitted_log_r = jax.vmap(
+        group_redrawn_log_r = jax.vmap(
             lambda key, u, others, ell: conditional_log_norm(
                 key, process, norm_model, log_likelihood, u, others, ell
             )
         )(
-            jax.random.split(norm_key, groups),
+            jax.random.split(draw_key, groups),
             z[picked],
             jax.tree.map(lambda a: a[picked], others),
             group_log_r,
@@ -511,7 +511,7 @@ def twisted_smc(
         x=x[chosen],
         others=jax.tree.map(lambda a: a[chosen], others),
         group_log_r=group_log_r,
-        group_fitted_log_r=group_fitted_log_r,
+        group_redrawn_log_r=group_redrawn_log_r,
         group_log_weights=group_log_weights,
         ess=ess(log_weights),
         group_ess=ess(group_log_weights),
