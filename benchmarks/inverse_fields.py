@@ -23,11 +23,10 @@ The score-based priors go through `mp.TwistedSMC` twice: weighted (asymptoticall
 round, the model's SDE steps. Recorded per prior, sampler and task (means over problems): RMSE of
 the posterior mean, the share of sites inside their 90% interval, the same two on the extremes
 (the 1% of sites with the largest |x|), the seconds per run, the effective draws (the ESS for
-weighted runs, the particles for the approximate mode) and seconds per effective draw, beside the seconds that
-`prior.sample` takes for as many unconditional draws and those draws' peak-to-norm ratio (the
-median of max|x_i|/|x|, against the training fields': has the prior learned sparse sources?).
-Writes
-benchmarks/results/inverse_fields.json.
+weighted runs, the particles for the approximate mode) and seconds per effective draw, beside
+the seconds that `prior.sample` takes for as many unconditional draws and those draws'
+peak-to-norm ratio (the median of max|x_i|/|x|, against the training fields': has the prior
+learned sparse sources?). Writes benchmarks/results/inverse_fields.json.
 """
 
 import argparse
