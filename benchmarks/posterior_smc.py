@@ -27,6 +27,7 @@ rounds, the model's 128 SDE steps. Writes benchmarks/results/posterior_smc.json.
 """
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -277,6 +278,7 @@ def blur_noise(x, key):
     return BLUR @ x + 0.05 * jax.random.normal(key, (D16,))
 
 
+@functools.cache  # the tutorial and coverage16 parts share one fit
 def tutorial_priors():
     """Tutorial 02's true prior (a random walk of Student-t jumps) and the MSGM fitted to it."""
     jumps = dist.StudentT(2.0, 0.0, 0.1).expand([D16]).to_event(1)

@@ -206,7 +206,7 @@ def test_the_approximate_mode_returns_every_particle_and_is_exact_where_the_twis
 
 def test_pilot_rounds_move_the_norms_to_where_the_data_put_them(exact_prior):
     """x is observed sharply at a norm 3 prior sds out: the 16 pilot norms drawn from the prior
-    all miss it, and the next round's norms must come from the fitted ones, not the drawn ones."""
+    all miss it, and the next round's norms must come from the redrawn ones, not the drawn ones."""
 
     def sharp(prior, y=None):
         x = numpyro.sample("x", prior)
