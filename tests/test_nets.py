@@ -29,9 +29,12 @@ def test_mlp_is_determined_by_its_key():
     assert not np.allclose(a, c)
 
 
+@pytest.mark.parametrize("multiplicative", [True, False])
 @pytest.mark.parametrize(("shape", "shift"), [((12,), (5,)), ((6, 8), (2, 3))])
-def test_lattice_net_commutes_with_periodic_translations(shape, shift):
-    net = LatticeScoreNet(shape, key=jax.random.key(0), channels=8, num_blocks=2)
+def test_lattice_net_commutes_with_periodic_translations(shape, shift, multiplicative):
+    net = LatticeScoreNet(
+        shape, key=jax.random.key(0), channels=8, num_blocks=2, multiplicative=multiplicative
+    )
     u = unit_rows(jax.random.key(1), 1, int(np.prod(shape)))[0]
     axes = tuple(range(len(shape)))
     shifted = jnp.roll(u.reshape(shape), shift, axes).ravel()
@@ -46,6 +49,42 @@ def test_lattice_net_depends_on_norm_and_time():
     u = unit_rows(jax.random.key(1), 1, 25)[0]
     assert not np.allclose(net(u, 0.0, 0.5), net(u, 1.0, 0.5))
     assert not np.allclose(net(u, 0.0, 0.5), net(u, 0.0, 0.1))
+
+
+def test_multiplicative_lattice_net_is_a_potential_times_the_field_plus_a_field():
+    """g = √d (a ⊙ v + b) with v = u√d, a and b computed from [v, v² − 1]: where the last
+    layer's `a` channel is zero the output does not depend on v through the product, and flipping
+    the sign of v flips the product term only."""
+    shape = (5, 6)
+    net = LatticeScoreNet(shape, key=jax.random.key(0), channels=8, num_blocks=2)
+    assert net.multiplicative and net.lift.in_channels == 2 and net.project.out_channels == 2
+    u = unit_rows(jax.random.key(1), 1, 30)[0]
+    # The hidden features see v only through odd and even parts; keep only the even input channel
+    # and the a channel: then g(−u) = −g(u) exactly.
+    even = eqx.tree_at(lambda n: n.lift.weight, net, net.lift.weight.at[:, 0].set(0.0))
+    a_only = eqx.tree_at(
+        lambda n: (n.project.weight, n.project.bias),
+        even,
+        (even.project.weight.at[1].set(0.0), even.project.bias.at[1].set(0.0)),
+    )
+    np.testing.assert_allclose(a_only(-u, 0.2, 0.3), -a_only(u, 0.2, 0.3), atol=1e-5)
+    assert not np.allclose(net(-u, 0.2, 0.3), -net(u, 0.2, 0.3), atol=1e-3)
+
+
+def test_lattice_net_checks_multiplicative():
+    with pytest.raises(TypeError, match="multiplicative"):
+        LatticeScoreNet((5, 5), key=jax.random.key(0), multiplicative=1)
+
+
+def test_lattice_net_files_without_the_multiplicative_key_load_the_plain_net():
+    """Files saved by 0.3 describe the plain network; their config has no `multiplicative`."""
+    config = LatticeScoreNet((5, 5), key=jax.random.key(0), multiplicative=False).config()
+    del config["multiplicative"]
+    net = LatticeScoreNet.from_config(config)
+    assert not net.multiplicative and net.lift.in_channels == 1 and net.project.out_channels == 1
+    assert LatticeScoreNet.from_config({**config, "multiplicative": True}).multiplicative
+    with pytest.raises(ValueError, match="multiplicative"):
+        LatticeScoreNet.from_config({**config, "multiplicative": "yes"})
 
 
 @pytest.mark.parametrize("shape", [(2,), (3, 3, 3), (8, 2)])
