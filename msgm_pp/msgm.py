@@ -237,31 +237,15 @@ class MSGM(ScoreBasedDistribution):
         log_r = log_norm(y)
         return y / jnp.exp(log_r)[:, None], log_r
 
-    def loss(self, name=None, *, forward_steps: int = 16, weighting: str | None = None):
+    def loss(self, name=None, *, forward_steps: int = 16, weighting: str = "likelihood"):
         """The score-matching loss `name` for this model's noise: "dsm", "ssm" or "ism"; None picks
         "dsm" where its exact target exists (isotropic noise, d <= 32) and "ssm" otherwise.
-        `weighting` ("likelihood", "variance" or "none") is explained in :mod:`msgm_pp.losses`;
-        None picks :meth:`default_weighting`."""
+        `weighting` ("likelihood", "variance" or "none") is explained in :mod:`msgm_pp.losses`."""
         if isinstance(name, ScoreMatchingLoss):
             name, forward_steps, weighting = name.name, name.forward_steps, name.weighting
         if name is None:
             name = "dsm" if dsm_applies(self.noise) else "ssm"
-        if weighting is None:
-            weighting = self.default_weighting()
         return make_loss(name, self.noise, forward_steps=forward_steps, weighting=weighting)
-
-    def default_weighting(self) -> str:
-        """The weighting that `loss` uses when given none: "variance" for lattice noise,
-        "likelihood" (the log-likelihood bound) otherwise.
-
-        Lattice noise mixes slowly: τ(T) is large (24 at 8×8, 360 at 32×32), and a sparse field
-        loses its structure at τ between about 1 and 6, the range from which the reverse dynamics
-        must rebuild it. The likelihood weighting draws log τ uniformly and gives that range a
-        sixth of the steps; the variance weighting draws s uniformly, which gives it a third.
-        On 8×8 sparse fields this raises the draws' energy concentration from 5.0 to 6.5 with the
-        ODE sampler (the training fields: 6.6) and from 3.9 to 4.2 with the default SDE sampler
-        (benchmarks/lattice_sparse.py)."""
-        return "variance" if isinstance(self.noise, LatticeNoise) else "likelihood"
 
     def validation_criterion(self, name=None):
         """The early-stopping criterion for :func:`msgm_pp.train`: "likelihood", the held-out
@@ -306,7 +290,7 @@ class MSGM(ScoreBasedDistribution):
         normalization="none",
         t_eps: float = 1e-3,
         forward_steps: int = 16,
-        weighting: str | None = None,
+        weighting: str = "likelihood",
         sampler=None,
         density=None,
         progress: bool | None = None,
@@ -320,12 +304,11 @@ class MSGM(ScoreBasedDistribution):
             loss: "dsm" (exact heat-kernel target; the default for isotropic noise with d <= 32),
                 "ssm" (the paper's sliced score matching; the default otherwise) or "ism".
             forward_steps: integrator steps for the forward draws where they are not exact.
-            weighting: how the loss draws and weights times: "likelihood" (the likelihood
-                weighting with importance-sampled times), "variance" (λ(s), the 0.2 default) or
-                "none" (the paper); see :mod:`msgm_pp.losses`. None (the default) picks
-                "variance" for lattice noise and "likelihood" otherwise (:meth:`default_weighting`).
-                The 0.2 keyword `weighted` still works, with a DeprecationWarning (True is
-                "variance", False "none").
+            weighting: how the loss draws and weights times: "likelihood" (the default: the
+                likelihood weighting with importance-sampled times), "variance" (λ(s), the 0.2
+                default) or "none" (the paper); see :mod:`msgm_pp.losses`. The 0.2 keyword
+                `weighted` still works, with a DeprecationWarning (True is "variance", False
+                "none").
             learning_rate, clip_norm: for the default Adam optimiser: a number, an optax schedule,
                 or None for :func:`~msgm_pp.training.cosine_learning_rate` (peak 3e-3); or pass
                 any optax `optimizer`.
@@ -343,8 +326,7 @@ class MSGM(ScoreBasedDistribution):
         if "weighted" in deprecated:
             warn_deprecated(
                 "fit(weighted=...) is deprecated: pass weighting='variance' (weighted=True) or "
-                "weighting='none' (weighted=False); by default the weighting is 'likelihood' "
-                "('variance' for lattice noise)."
+                "weighting='none' (weighted=False); the default is now weighting='likelihood'."
             )
             weighting = "variance" if deprecated.pop("weighted") else "none"
         model = cls.build(

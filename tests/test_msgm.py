@@ -158,7 +158,6 @@ def test_lattice_fields_train_and_sample_with_the_convolutional_net():
     )
     assert isinstance(model.score.net, mp.LatticeScoreNet) and model.history.train_loss.size == 20
     assert model.event_shape == shape
-    assert dict(model.history.settings)["weighting"] == "variance"  # the lattice default
     x = model.with_options(sampler=mp.SDESampler(8)).sample(jax.random.key(2), (3,))
     assert x.shape == (3, *shape) and np.isfinite(np.asarray(x)).all()
     log_p = model.with_options(density=mp.ODEDensity(4)).log_prob(x)
