@@ -188,8 +188,9 @@ class LatticeScoreNet(eqx.Module):
     is of this form, with a computed from the local energy v², which a plain CNN on v must
     approximate through its activations. On 8×8 sparse fields the plain network's draws have an
     energy concentration d·E Σu_i⁴ of 3.4–4.7 (white noise 2.9, the training fields 6.6), the
-    multiplicative one's up to 6.5 (benchmarks/lattice_sparse.py). `multiplicative=False` is the
-    plain network, and model files saved before version 0.4 load as such.
+    multiplicative one's up to 6.5 (benchmarks/lattice_sparse.py; at 32×32 it does not learn them
+    yet). `multiplicative=False` is the plain network, and model files saved before version 0.4
+    load as such.
     """
 
     shape: tuple[int, ...] = eqx.field(static=True)
