@@ -30,7 +30,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from _machine import machine
-from inverse_fields import fields
+from inverse_fields import fields, peak_to_norm
 
 import msgm_pp as mp
 
@@ -44,16 +44,14 @@ SAMPLERS = {
 def sparsity(x: np.ndarray) -> dict:
     x = np.asarray(x, np.float64)
     flat = x.reshape(len(x), -1)
-    norms = np.linalg.norm(flat, axis=1)
-    u = x / norms.reshape(-1, *([1] * (x.ndim - 1)))
+    u_flat = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    u = u_flat.reshape(x.shape)
     lag1 = np.mean(
         [np.sum(u * np.roll(u, 1, axis), axis=(1, 2)).mean() for axis in (1, 2)], dtype=float
     )
     return {
-        "peak_to_norm": float(np.median(np.abs(flat).max(1) / norms)),
-        "energy_concentration": float(
-            flat.shape[1] * np.mean(np.sum(u.reshape(len(x), -1) ** 4, 1))
-        ),
+        "peak_to_norm": peak_to_norm(x),
+        "energy_concentration": float(flat.shape[1] * np.mean(np.sum(u_flat**4, 1))),
         "lag1_correlation": float(lag1),
     }
 
