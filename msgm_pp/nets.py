@@ -24,6 +24,9 @@ import jax.numpy as jnp
 from msgm_pp._checks import check_dim, check_key, check_positive_int
 from msgm_pp.serialization import config_int, config_shape, serializable
 
+# How LatticeScoreNet feeds the field v = u√d: "log" (asinh v, log(1 + v²) − log 2), "linear" (v, v² − 1).
+LATTICE_INPUTS = ("log", "linear")
+
 # Activations a saved network may name; a network with any other activation is saved as custom.
 ACTIVATIONS = {
     "swish": jax.nn.swish,
@@ -178,19 +181,26 @@ class _FiLMBlock(eqx.Module):
 class LatticeScoreNet(eqx.Module):
     """A periodic residual CNN g(u, z, t) for fields of `shape` (a ring (n,) or a grid (h, w)).
 
-    The input field is v = u·√d (O(1) entries for a unit vector) and the output is scaled by √d,
-    the typical size of the tangent score of a field with O(1) correlations.
+    The field enters as v = u·√d (mean square 1 for a unit vector) and the output is scaled by √d,
+    the typical size of the tangent score of a field with O(1) correlations. The last layer starts
+    at zero, so a fresh network is the zero score, whose score-matching loss is exactly 0.
 
-    With `multiplicative` (the default) the network reads the channels [v, v² − 1] and returns
-    g = √d (a ⊙ v + b) from two output channels a and b. Lattice noise moves energy between
+    `inputs` says how v is fed: "log" (the default) reads asinh v and log(1 + v²) − log 2, which
+    grow like log|v|; "linear" (networks saved before 0.5) reads v and v² − 1. A sparse 32×32
+    field has |v| up to about 12, so v² − 1 fed the first layer values up to about 150, and with
+    a random last layer the fresh network's loss was millions of times larger than a trained one's
+    (benchmarks/lattice_inputs.py).
+
+    With `multiplicative` (the default) the network reads an odd and an even channel of v and
+    returns g = √d (a ⊙ v + b) from two output channels a and b. Lattice noise moves energy between
     neighbours i, j at the rate v_i g_j − v_j g_i, which for g = a ⊙ v is v_i v_j (a_j − a_i):
     energy flows up the "potential" a. Undoing the forward spreading of a sparse field's energy
     is of this form, with a computed from the local energy v², which a plain CNN on v must
     approximate through its activations. On 8×8 sparse fields the plain network's draws have an
     energy concentration d·E Σu_i⁴ of 3.4–4.7 (white noise 2.9, the training fields 6.6), the
-    multiplicative one's up to 6.5 (benchmarks/lattice_sparse.py; at 32×32 it does not learn them
-    yet). `multiplicative=False` is the plain network, and model files saved before version 0.4
-    load as such.
+    multiplicative one's up to 6.5 (benchmarks/lattice_sparse.py). `multiplicative=False` is the
+    plain network, which reads the odd channel only; model files saved before version 0.4 load
+    as such.
     """
 
     shape: tuple[int, ...] = eqx.field(static=True)
@@ -200,6 +210,7 @@ class LatticeScoreNet(eqx.Module):
     project: eqx.nn.Conv
     features: TimeFeatures
     multiplicative: bool = eqx.field(static=True)
+    inputs: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -211,6 +222,7 @@ class LatticeScoreNet(eqx.Module):
         kernel_size: int = 3,
         num_frequencies: int = 6,
         multiplicative: bool = True,
+        inputs: str = "log",
     ):
         shape = (shape,) if isinstance(shape, int) else tuple(int(n) for n in shape)
         if len(shape) not in (1, 2) or min(shape) < 3:
@@ -221,8 +233,11 @@ class LatticeScoreNet(eqx.Module):
         num_blocks = check_positive_int(num_blocks, "num_blocks")
         if not isinstance(multiplicative, bool):
             raise TypeError(f"`multiplicative` must be True or False, got {multiplicative!r}.")
+        if inputs not in LATTICE_INPUTS:
+            raise ValueError(f"`inputs` must be one of {LATTICE_INPUTS}, got {inputs!r}.")
         self.shape = shape
         self.multiplicative = multiplicative
+        self.inputs = inputs
         self.features = TimeFeatures(check_positive_int(num_frequencies, "num_frequencies"))
         lift_key, condition_key, project_key, *block_keys = jax.random.split(
             check_key(key), 3 + 2 * num_blocks
@@ -243,7 +258,8 @@ class LatticeScoreNet(eqx.Module):
             )
             for conv_key, film_key in zip(block_keys[::2], block_keys[1::2], strict=True)
         ]
-        self.project = conv(channels, field_channels, project_key)
+        project = conv(channels, field_channels, project_key)
+        self.project = eqx.tree_at(lambda c: (c.weight, c.bias), project, replace_fn=jnp.zeros_like)
 
     def config(self) -> dict:
         return {
@@ -253,6 +269,7 @@ class LatticeScoreNet(eqx.Module):
             "kernel_size": self.lift.kernel_size[0],
             "num_frequencies": self.features.num_frequencies,
             "multiplicative": self.multiplicative,
+            "inputs": self.inputs,
         }
 
     @classmethod
@@ -260,6 +277,9 @@ class LatticeScoreNet(eqx.Module):
         multiplicative = config.get("multiplicative", False)
         if not isinstance(multiplicative, bool):
             raise ValueError(f"multiplicative = {multiplicative!r:.40} is not true or false")
+        inputs = config.get("inputs", "linear")
+        if inputs not in LATTICE_INPUTS:
+            raise ValueError(f"inputs = {inputs!r:.40} is not one of {LATTICE_INPUTS}")
         return cls(
             config_shape(config),
             key=jax.random.key(0),
@@ -268,13 +288,21 @@ class LatticeScoreNet(eqx.Module):
             kernel_size=config_int(config, "kernel_size", 31),
             num_frequencies=config_int(config, "num_frequencies", 64),
             multiplicative=multiplicative,
+            inputs=inputs,
         )
+
+    def _channels(self, v):
+        if self.inputs == "log":
+            odd, even = jnp.arcsinh(v), jnp.log1p(v**2) - math.log(2.0)
+        else:
+            odd, even = v, v**2 - 1.0
+        return jnp.concatenate([odd, even]) if self.multiplicative else odd
 
     def __call__(self, u, z, t):
         scale = math.sqrt(math.prod(self.shape))
         condition = self.condition(jnp.concatenate([jnp.reshape(z, (1,)), self.features(t)]))
         v = scale * u.reshape((1, *self.shape))
-        h = periodic_conv(self.lift, jnp.concatenate([v, v**2 - 1.0]) if self.multiplicative else v)
+        h = periodic_conv(self.lift, self._channels(v))
         for block in self.blocks:
             h = block(h, condition)
         out = periodic_conv(self.project, jax.nn.swish(h))

@@ -19,6 +19,19 @@ def test_time_features_are_bounded_and_distinct():
     assert float(jnp.min(distances + jnp.eye(50))) > 1e-2
 
 
+def trained_like(net):
+    """`net` with a random last layer: a fresh lattice network's is zero."""
+    weight_key, bias_key = jax.random.split(jax.random.key(9))
+    return eqx.tree_at(
+        lambda n: (n.project.weight, n.project.bias),
+        net,
+        (
+            0.3 * jax.random.normal(weight_key, net.project.weight.shape),
+            0.3 * jax.random.normal(bias_key, net.project.bias.shape),
+        ),
+    )
+
+
 def test_mlp_is_determined_by_its_key():
     u = unit_rows(jax.random.key(0), 1, 5)[0]
     a = ScoreMLP(5, key=jax.random.key(1))(u, 0.3, 0.2)
@@ -29,12 +42,19 @@ def test_mlp_is_determined_by_its_key():
     assert not np.allclose(a, c)
 
 
+@pytest.mark.parametrize("inputs", ["log", "linear"])
 @pytest.mark.parametrize("multiplicative", [True, False])
 @pytest.mark.parametrize(("shape", "shift"), [((12,), (5,)), ((6, 8), (2, 3))])
-def test_lattice_net_commutes_with_periodic_translations(shape, shift, multiplicative):
+def test_lattice_net_commutes_with_periodic_translations(shape, shift, multiplicative, inputs):
     net = LatticeScoreNet(
-        shape, key=jax.random.key(0), channels=8, num_blocks=2, multiplicative=multiplicative
+        shape,
+        key=jax.random.key(0),
+        channels=8,
+        num_blocks=2,
+        multiplicative=multiplicative,
+        inputs=inputs,
     )
+    net = trained_like(net)
     u = unit_rows(jax.random.key(1), 1, int(np.prod(shape)))[0]
     axes = tuple(range(len(shape)))
     shifted = jnp.roll(u.reshape(shape), shift, axes).ravel()
@@ -44,19 +64,42 @@ def test_lattice_net_commutes_with_periodic_translations(shape, shift, multiplic
     )
 
 
+def test_a_fresh_lattice_net_is_the_zero_score():
+    """The zero score's score-matching loss is exactly 0: training starts there, not at a random
+    field whose loss grows with the field's peaks."""
+    u = unit_rows(jax.random.key(1), 1, 25)[0]
+    for multiplicative in (True, False):
+        net = LatticeScoreNet((5, 5), key=jax.random.key(0), multiplicative=multiplicative)
+        np.testing.assert_array_equal(net(u, 0.3, 0.4), jnp.zeros(25))
+
+
+def test_log_inputs_grow_like_the_log_of_the_field():
+    """A peak of v = 12 (a sparse 32×32 field) enters as asinh 12 ≈ 3.2 and log(1 + 144) − log 2
+    ≈ 4.3, against 12 and 143 for the linear inputs."""
+    v = jnp.array([[0.0, 1.0, -12.0]])
+    log_net = LatticeScoreNet((3,), key=jax.random.key(0))
+    linear_net = LatticeScoreNet((3,), key=jax.random.key(0), inputs="linear")
+    np.testing.assert_allclose(
+        log_net._channels(v), [[0.0, 0.8814, -3.1798], [-0.6931, 0.0, 4.2836]], atol=1e-4
+    )
+    np.testing.assert_allclose(linear_net._channels(v), [[0.0, 1.0, -12.0], [-1.0, 0.0, 143.0]])
+    plain = LatticeScoreNet((3,), key=jax.random.key(0), multiplicative=False)
+    np.testing.assert_allclose(plain._channels(v), jnp.arcsinh(v))
+
+
 def test_lattice_net_depends_on_norm_and_time():
-    net = LatticeScoreNet((5, 5), key=jax.random.key(0))
+    net = trained_like(LatticeScoreNet((5, 5), key=jax.random.key(0)))
     u = unit_rows(jax.random.key(1), 1, 25)[0]
     assert not np.allclose(net(u, 0.0, 0.5), net(u, 1.0, 0.5))
     assert not np.allclose(net(u, 0.0, 0.5), net(u, 0.0, 0.1))
 
 
 def test_multiplicative_lattice_net_is_a_potential_times_the_field_plus_a_field():
-    """g = √d (a ⊙ v + b) with v = u√d, a and b computed from [v, v² − 1]: where the last
+    """g = √d (a ⊙ v + b) with v = u√d, a and b computed from an odd and an even function of v: where the last
     layer's `a` channel is zero the output does not depend on v through the product, and flipping
     the sign of v flips the product term only."""
     shape = (5, 6)
-    net = LatticeScoreNet(shape, key=jax.random.key(0), channels=8, num_blocks=2)
+    net = trained_like(LatticeScoreNet(shape, key=jax.random.key(0), channels=8, num_blocks=2))
     assert net.multiplicative and net.lift.in_channels == 2 and net.project.out_channels == 2
     u = unit_rows(jax.random.key(1), 1, 30)[0]
     # The hidden features see v only through odd and even parts; keep only the even input channel
@@ -71,20 +114,34 @@ def test_multiplicative_lattice_net_is_a_potential_times_the_field_plus_a_field(
     assert not np.allclose(net(-u, 0.2, 0.3), -net(u, 0.2, 0.3), atol=1e-3)
 
 
-def test_lattice_net_checks_multiplicative():
+def test_lattice_net_checks_multiplicative_and_inputs():
     with pytest.raises(TypeError, match="multiplicative"):
         LatticeScoreNet((5, 5), key=jax.random.key(0), multiplicative=1)
+    with pytest.raises(ValueError, match="inputs"):
+        LatticeScoreNet((5, 5), key=jax.random.key(0), inputs="raw")
 
 
 def test_lattice_net_files_without_the_multiplicative_key_load_the_plain_net():
     """Files saved by 0.3 describe the plain network; their config has no `multiplicative`."""
     config = LatticeScoreNet((5, 5), key=jax.random.key(0), multiplicative=False).config()
-    del config["multiplicative"]
+    del config["multiplicative"], config["inputs"]
     net = LatticeScoreNet.from_config(config)
     assert not net.multiplicative and net.lift.in_channels == 1 and net.project.out_channels == 1
+    assert net.inputs == "linear"
     assert LatticeScoreNet.from_config({**config, "multiplicative": True}).multiplicative
     with pytest.raises(ValueError, match="multiplicative"):
         LatticeScoreNet.from_config({**config, "multiplicative": "yes"})
+
+
+def test_lattice_net_files_of_0_4_load_with_linear_inputs():
+    """0.4 saved the multiplicative network without an `inputs` key: it read v and v² − 1."""
+    config = LatticeScoreNet((5, 5), key=jax.random.key(0)).config()
+    assert config["inputs"] == "log"
+    del config["inputs"]
+    net = LatticeScoreNet.from_config(config)
+    assert net.multiplicative and net.inputs == "linear"
+    with pytest.raises(ValueError, match="inputs"):
+        LatticeScoreNet.from_config({**config, "inputs": 3})
 
 
 @pytest.mark.parametrize("shape", [(2,), (3, 3, 3), (8, 2)])
