@@ -207,6 +207,7 @@ class MSGM(ScoreBasedDistribution):
             log_r_scale=float(max(log_r.std(), 1e-6)),
             t_eps=float(t_eps),
             noise_scaled=True,
+            time_input="log_tau" if isinstance(noise, LatticeNoise) else "fraction",
         )
         return cls(
             score,
