@@ -1,7 +1,7 @@
 """Does a lattice MSGM learn sparse fields? The draws' sparsity for each network and loss weighting.
 
     python benchmarks/lattice_sparse.py [--side 8] [--n 2048] [--steps 5000] [--draws 256]
-        [--nets plain multiplicative] [--weightings likelihood variance]
+        [--nets plain multiplicative] [--weightings likelihood variance] [--save-models DIR]
 
 8×8 with every network takes about 25 minutes on 2 cores; the field benchmark's size,
 `--side 32 --n 512 --draws 64 --nets multiplicative`, about 20.
@@ -56,7 +56,7 @@ def sparsity(x: np.ndarray) -> dict:
     }
 
 
-def run(side: int, n: int, steps: int, nets: list[str], weightings: list[str], draws: int):
+def run(side, n, steps, nets, weightings, draws, save_models=None):
     train = fields(jax.random.key(0), n, side)
     train = train[np.linalg.norm(train.reshape(n, -1), axis=1) > 0]
     rows = [{"model": "training fields", **sparsity(train)}]
@@ -78,6 +78,9 @@ def run(side: int, n: int, steps: int, nets: list[str], weightings: list[str], d
                 progress=False,
             )
             seconds = time.perf_counter() - start
+            if save_models:
+                name = "multiplicative" if multiplicative else "plain"
+                model.save(Path(save_models) / f"lattice_{side}_{name}_{weighting}.msgm")
             for name, sampler in SAMPLERS.items():
                 x = model.with_options(sampler=sampler).sample(jax.random.key(2), (draws,))
                 row = {
@@ -87,6 +90,7 @@ def run(side: int, n: int, steps: int, nets: list[str], weightings: list[str], d
                     "sampler": name,
                     "training_seconds": seconds,
                     "steps_taken": len(model.history.train_loss),
+                    "best_validation_loss": float(np.min(model.history.validation_loss)),
                     **sparsity(np.asarray(x)),
                 }
                 print(json.dumps(row), flush=True)
@@ -113,8 +117,11 @@ def main():
     )
     parser.add_argument("--draws", type=int, default=256)
     parser.add_argument("--output", help="default: results/lattice_sparse_<side>.json")
+    parser.add_argument("--save-models", help="a folder to save the fitted models in")
     args = parser.parse_args()
-    rows = run(args.side, args.n, args.steps, args.nets, args.weightings, args.draws)
+    rows = run(
+        args.side, args.n, args.steps, args.nets, args.weightings, args.draws, args.save_models
+    )
     default = Path(__file__).parent / "results" / f"lattice_sparse_{args.side}.json"
     out = Path(args.output) if args.output else default
     result = {"machine": machine(), **vars(args)}

@@ -1,0 +1,88 @@
+"""Where a lattice MSGM's learned score fails: noise training-like fields to τ, run it back.
+
+    python benchmarks/lattice_reverse.py MODEL [--taus 0.03 0.3 1 3 10 30] [--steps 256]
+
+MODEL is a lattice MSGM fitted to `inverse_fields.fields` of its grid, for instance one saved by
+`lattice_sparse.py --save-models DIR`. About 15 minutes at 32×32 on 2 cores.
+
+For each τ, 128 fresh fields (not the training ones) are noised to τ by the forward process (steps
+of 0.1 in τ, at least 16) and then run back to t_ε by the reverse SDE with the learned score, on
+`--steps` steps of `time_grid` between t_ε and the time of τ. With the true score the reversed
+fields have the law of the data, so their sparsity scores (those of `lattice_sparse.py`) should
+return to the data's; where they do not, the score is wrong somewhere below τ.
+
+Writes benchmarks/results/lattice_reverse_<side>.json (or `--output`).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _machine import machine
+from inverse_fields import fields
+from lattice_sparse import sparsity
+
+import msgm_pp as mp
+from msgm_pp.forward import simulate_directions
+from msgm_pp.schedule import LinearSchedule, time_grid
+from msgm_pp.sphere import renormalise
+
+
+def reverse_from(score, u, log_r, s_start, steps: int, key):
+    """The reverse SDE of `msgm_pp.samplers.reverse_directions`, started at time `s_start`."""
+    schedule = score.schedule
+    truncated = LinearSchedule(schedule.beta_min, float(schedule.beta(s_start)), s_start)
+    times = time_grid(truncated, score.t_eps, steps, u.dtype)[::-1]
+    step = jax.vmap(score.noise.rotation_step, in_axes=(0, 0, None, 0, None))
+
+    def body(u, inputs):
+        s, s_next, step_key = inputs
+        d_tau = score.tau(s) - score.tau(s_next)
+        xi = jax.random.normal(step_key, u.shape[:1] + score.noise.increment_shape, u.dtype)
+        g = jax.vmap(score, in_axes=(0, 0, None))(u, log_r, s)
+        return renormalise(step(u, xi, d_tau, g, d_tau)), None
+
+    inputs = (times[:-1], times[1:], jax.random.split(key, steps))
+    return jax.jit(lambda u: jax.lax.scan(body, u, inputs)[0])(u)
+
+
+def run(path: str, taus: list[float], steps: int):
+    model = mp.load(path)
+    score = model.score
+    shape = score.noise.event_shape
+    data = fields(jax.random.key(5), 128, shape[0])
+    data = data[np.linalg.norm(data.reshape(len(data), -1), axis=1) > 0]
+    u0, log_r = model.training_data(data)
+    scores = lambda u: sparsity(np.asarray(u).reshape(-1, *shape))
+    rows = [{"tau": 0.0, "noised": scores(u0), "reversed": scores(u0)}]
+    for tau in taus:
+        noised = simulate_directions(
+            score.noise, u0, jnp.full(len(u0), tau), jax.random.key(3), max(16, round(tau / 0.1))
+        )
+        s_start = float(score.schedule.inverse_integral(tau))
+        back = reverse_from(score, noised, log_r, s_start, steps, jax.random.key(4))
+        row = {"tau": tau, "noised": scores(noised), "reversed": scores(back)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return shape, rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--taus", type=float, nargs="+", default=[0.03, 0.3, 1.0, 3.0, 10.0, 30.0])
+    parser.add_argument("--steps", type=int, default=256)
+    parser.add_argument("--output", help="default: results/lattice_reverse_<side>.json")
+    args = parser.parse_args()
+    shape, rows = run(args.model, args.taus, args.steps)
+    default = Path(__file__).parent / "results" / f"lattice_reverse_{shape[0]}.json"
+    out = Path(args.output) if args.output else default
+    out.write_text(json.dumps({"machine": machine(), **vars(args), "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
