@@ -56,7 +56,15 @@ def sparsity(x: np.ndarray) -> dict:
     }
 
 
-def run(side, n, steps, nets, weightings, draws, save_models=None):
+def run(
+    side: int,
+    n: int,
+    steps: int,
+    nets: list[str],
+    weightings: list[str],
+    draws: int,
+    save_models: str | None = None,
+):
     train = fields(jax.random.key(0), n, side)
     train = train[np.linalg.norm(train.reshape(n, -1), axis=1) > 0]
     rows = [{"model": "training fields", **sparsity(train)}]

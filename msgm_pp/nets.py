@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from msgm_pp._checks import check_dim, check_key, check_positive_int
 from msgm_pp.serialization import config_int, config_shape, serializable
 
-# How LatticeScoreNet feeds the field v = u√d: "log" (asinh v, log(1 + v²) − log 2), "linear" (v, v² − 1).
+# LatticeScoreNet's channels of v = u√d: "log" is asinh v and log(1 + v²) − log 2,
+# "linear" is v and v² − 1.
 LATTICE_INPUTS = ("log", "linear")
 
 # Activations a saved network may name; a network with any other activation is saved as custom.
