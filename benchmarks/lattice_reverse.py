@@ -27,26 +27,17 @@ from lattice_sparse import sparsity
 
 import msgm_pp as mp
 from msgm_pp.forward import simulate_directions
+from msgm_pp.samplers import reverse_over
 from msgm_pp.schedule import LinearSchedule, time_grid
-from msgm_pp.sphere import renormalise
 
 
 def reverse_from(score, u, log_r, s_start, steps: int, key):
-    """The reverse SDE of `msgm_pp.samplers.reverse_directions`, started at time `s_start`."""
+    """`samplers.reverse_directions`' SDE, started at time `s_start` instead of T."""
     schedule = score.schedule
     truncated = LinearSchedule(schedule.beta_min, float(schedule.beta(s_start)), s_start)
     times = time_grid(truncated, score.t_eps, steps, u.dtype)[::-1]
-    step = jax.vmap(score.noise.rotation_step, in_axes=(0, 0, None, 0, None))
-
-    def body(u, inputs):
-        s, s_next, step_key = inputs
-        d_tau = score.tau(s) - score.tau(s_next)
-        xi = jax.random.normal(step_key, u.shape[:1] + score.noise.increment_shape, u.dtype)
-        g = jax.vmap(score, in_axes=(0, 0, None))(u, log_r, s)
-        return renormalise(step(u, xi, d_tau, g, d_tau)), None
-
-    inputs = (times[:-1], times[1:], jax.random.split(key, steps))
-    return jax.jit(lambda u: jax.lax.scan(body, u, inputs)[0])(u)
+    sampler = mp.SDESampler(steps)
+    return jax.jit(lambda u: reverse_over(score, u, log_r, key, sampler, times))(u)
 
 
 def run(path: str, taus: list[float], steps: int):

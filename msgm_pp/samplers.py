@@ -63,6 +63,12 @@ def reverse_times(schedule, t_eps: float, steps: int, dtype):
 def reverse_directions(score: TangentScore, u_T, log_r, key, sampler: AbstractSampler):
     """Integrate the reverse dynamics of directions u_T (n, d) with log-norms ℓ (n,) to s = t_ε."""
     times = reverse_times(score.schedule, score.t_eps, sampler.steps, u_T.dtype)
+    return reverse_over(score, u_T, log_r, key, sampler, times)
+
+
+def reverse_over(score: TangentScore, u, log_r, key, sampler: AbstractSampler, times):
+    """Integrate the reverse dynamics of directions u (n, d) at time `times[0]` through the
+    decreasing `times` (`sampler.steps` + 1 of them)."""
     drift = jax.vmap(score.drift, in_axes=(0, 0, None))
     sde_step = jax.vmap(score.noise.rotation_step, in_axes=(0, 0, None, 0, None))
 
@@ -86,5 +92,5 @@ def reverse_directions(score: TangentScore, u_T, log_r, key, sampler: AbstractSa
 
     keys = jax.random.split(key, sampler.steps)
     body = sde if isinstance(sampler, SDESampler) else ode
-    u, _ = jax.lax.scan(body, u_T, (times[:-1], times[1:], keys))
+    u, _ = jax.lax.scan(body, u, (times[:-1], times[1:], keys))
     return u
