@@ -13,6 +13,16 @@ The `weighting` says how times are drawn and weighted:
   so τ is drawn log-uniformly on [τ(t_ε), τ(T)] and weighted by τ log(τ(T)/τ(t_ε)) / (τ(T) −
   τ(t_ε)) (importance sampling): an unbiased estimate of the mean over τ of the Σ-norm term,
   with O(1) variance at every time.
+- ``"capped"`` (the default for :class:`~msgm_pp.noise.LatticeNoise`): the same draws, with the
+  weight τ replaced by λ(τ)/v = (1 − e^{−vτ})/v, v = −2 tr(L)/d (:meth:`TangentScore.loss_weight`):
+  equal to the likelihood weighting while τ ≪ 1/v, the time over which a direction relaxes, and
+  capped at 1/v after it. The objective is ½ ∫ (λ(τ)/(vτ)) E |g_θ − g|²_Σ dτ, which has the same
+  minimiser. Where τ(T) ≫ 1/v, as on a lattice (τ(T) = 360 at 32×32, 1/v = ½), the likelihood
+  weights of the late times, where the directions are nearly uniform and the target nearly 0,
+  reach τ(T)/τ(t_ε) ≈ 5·10⁴ times those of the early ones, and the noise of their sliced
+  estimates swamped the gradient: trained with them, a 32×32 network's loss rose above the zero
+  score's, while with the cap it learns the small-time score that smooths a noised field
+  (benchmarks/lattice_reverse.py).
 - ``"variance"``: s ~ U[t_ε, T] weighted by λ(s) (`TangentScore.loss_weight`), which keeps every
   time's contribution O(1);
 - ``"none"``: s ~ U[t_ε, T], unweighted, as in the paper.
@@ -42,7 +52,7 @@ from msgm_pp.noise import IsotropicNoise
 from msgm_pp.score import TangentScore
 
 LOSS_NAMES = ("ssm", "ism", "dsm")
-WEIGHTINGS = ("likelihood", "variance", "none")
+WEIGHTINGS = ("likelihood", "capped", "variance", "none")
 
 
 def perturb_directions(noise, u0, tau, key, forward_steps: int = 16):
@@ -54,12 +64,13 @@ def perturb_directions(noise, u0, tau, key, forward_steps: int = 16):
 
 def _draw_times(score: TangentScore, shape, dtype, key, weighting: str):
     """(s, τ(s), weight) for `shape` draws under `weighting` (see the module docstring)."""
-    if weighting == "likelihood":
+    if weighting in ("likelihood", "capped"):
         tau_start, tau_end = score.tau(score.t_eps), score.tau(score.schedule.T)
         log_ratio = jnp.log(tau_end / tau_start)
         tau = tau_start * jnp.exp(log_ratio * jax.random.uniform(key, shape, dtype))
         s = jnp.clip(score.schedule.inverse_integral(tau), score.t_eps, score.schedule.T)
-        return s, tau, tau * log_ratio / (tau_end - tau_start)
+        reach = tau if weighting == "likelihood" else score.loss_weight(s) / score.spreading_rate()
+        return s, tau, reach * log_ratio / (tau_end - tau_start)
     s = jax.random.uniform(key, shape, dtype, minval=score.t_eps, maxval=score.schedule.T)
     weight = score.loss_weight(s) if weighting == "variance" else jnp.ones_like(s)
     return s, score.tau(s), weight
@@ -119,7 +130,7 @@ def ism_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weight
 def dsm_loss(score: TangentScore, batch, key, *, forward_steps: int = 16, weighting="likelihood"):
     """Denoising score matching against the exact heat-kernel target (isotropic noise)."""
     u0, log_r, s, tau, u, weight, _ = _noised_batch(score, batch, key, forward_steps, weighting)
-    metric = weighting == "likelihood"
+    metric = weighting in ("likelihood", "capped")
     terms = jax.vmap(_dsm_term, in_axes=(None, 0, 0, 0, 0, 0, None))(
         score, u, u0, log_r, s, tau, metric
     )
@@ -131,7 +142,7 @@ _LOSSES = {"ssm": ssm_loss, "ism": ism_loss, "dsm": dsm_loss}
 
 class ScoreMatchingLoss(eqx.Module):
     """The loss `name` ("ssm", "ism" or "dsm") as (score, batch, key) -> scalar, with its
-    `forward_steps` and `weighting` ("likelihood", "variance" or "none"); compared by value, so
+    `forward_steps` and `weighting` (one of `WEIGHTINGS`); compared by value, so
     compiled training is reused."""
 
     name: str = eqx.field(static=True)

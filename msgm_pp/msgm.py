@@ -238,14 +238,17 @@ class MSGM(ScoreBasedDistribution):
         log_r = log_norm(y)
         return y / jnp.exp(log_r)[:, None], log_r
 
-    def loss(self, name=None, *, forward_steps: int = 16, weighting: str = "likelihood"):
+    def loss(self, name=None, *, forward_steps: int = 16, weighting: str | None = None):
         """The score-matching loss `name` for this model's noise: "dsm", "ssm" or "ism"; None picks
         "dsm" where its exact target exists (isotropic noise, d <= 32) and "ssm" otherwise.
-        `weighting` ("likelihood", "variance" or "none") is explained in :mod:`msgm_pp.losses`."""
+        `weighting` ("likelihood", "capped", "variance" or "none") is explained in
+        :mod:`msgm_pp.losses`; None picks "capped" for a lattice and "likelihood" otherwise."""
         if isinstance(name, ScoreMatchingLoss):
             name, forward_steps, weighting = name.name, name.forward_steps, name.weighting
         if name is None:
             name = "dsm" if dsm_applies(self.noise) else "ssm"
+        if weighting is None:
+            weighting = "capped" if isinstance(self.noise, LatticeNoise) else "likelihood"
         return make_loss(name, self.noise, forward_steps=forward_steps, weighting=weighting)
 
     def validation_criterion(self, name=None):
@@ -291,7 +294,7 @@ class MSGM(ScoreBasedDistribution):
         normalization="none",
         t_eps: float = 1e-3,
         forward_steps: int = 16,
-        weighting: str = "likelihood",
+        weighting: str | None = None,
         sampler=None,
         density=None,
         progress: bool | None = None,
@@ -305,9 +308,11 @@ class MSGM(ScoreBasedDistribution):
             loss: "dsm" (exact heat-kernel target; the default for isotropic noise with d <= 32),
                 "ssm" (the paper's sliced score matching; the default otherwise) or "ism".
             forward_steps: integrator steps for the forward draws where they are not exact.
-            weighting: how the loss draws and weights times: "likelihood" (the default: the
-                likelihood weighting with importance-sampled times), "variance" (λ(s), the 0.2
-                default) or "none" (the paper); see :mod:`msgm_pp.losses`. The 0.2 keyword
+            weighting: how the loss draws and weights times: "likelihood" (the likelihood
+                weighting with importance-sampled times), "capped" (the same, with the late
+                times' weights capped), "variance" (λ(s), the 0.2 default) or "none" (the paper);
+                see :mod:`msgm_pp.losses`. None (the default) picks "capped" for a lattice and
+                "likelihood" otherwise. The 0.2 keyword
                 `weighted` still works, with a DeprecationWarning (True is "variance", False
                 "none").
             learning_rate, clip_norm: for the default Adam optimiser: a number, an optax schedule,
@@ -327,7 +332,8 @@ class MSGM(ScoreBasedDistribution):
         if "weighted" in deprecated:
             warn_deprecated(
                 "fit(weighted=...) is deprecated: pass weighting='variance' (weighted=True) or "
-                "weighting='none' (weighted=False); the default is now weighting='likelihood'."
+                "weighting='none' (weighted=False); the default is now the likelihood weighting "
+                "(capped on lattices)."
             )
             weighting = "variance" if deprecated.pop("weighted") else "none"
         model = cls.build(

@@ -79,11 +79,14 @@ class TangentScore(eqx.Module):
         """Σ(u) g(u, ℓ, s): the reverse-SDE drift of the direction per unit of τ."""
         return self.noise._diffusion(u, self(u, log_r, s))
 
+    def spreading_rate(self):
+        """v = −2 tr(L)/d: a unit direction spreads as E|u_τ − u_0|² ≈ v τ while v τ ≪ 1."""
+        return -2.0 * self.noise.trace_ito() / self.dim
+
     def loss_weight(self, s):
-        """λ(s) = 1 − exp(−v τ(s)) with v = −2 tr(L)/d, the mean spreading rate of a direction.
+        """λ(s) = 1 − exp(−v τ(s)) with v = :meth:`spreading_rate`.
 
         The score-matching targets have variance ~ 1/τ at small τ; this weight keeps every time's
         contribution O(1) and tends to 1 once the direction has spread.
         """
-        rate = -2.0 * self.noise.trace_ito() / self.dim
-        return -jnp.expm1(-rate * self.tau(s))
+        return -jnp.expm1(-self.spreading_rate() * self.tau(s))

@@ -100,6 +100,43 @@ def test_likelihood_times_are_an_unbiased_importance_sample():
         make_loss("dsm", mp.IsotropicNoise(4), weighting="elbo")
 
 
+def test_capped_weights_follow_the_likelihood_early_and_stop_growing_late():
+    """ "capped" draws the likelihood weighting's times with the weight τ replaced by λ(τ)/v: the
+    same where vτ ≪ 1 (τ(t_ε) = 0.0075 at 32×32), never above the cap 1/v, and an unbiased importance sample of the mean over
+    τ of λ(τ)/(vτ) (checked within 4 standard errors of 2^16 draws against quadrature)."""
+    from msgm_pp.losses import _draw_times
+
+    score = _score(mp.LatticeNoise((32, 32)), LinearField(jnp.zeros((1024, 1024))))
+    key = jax.random.key(1)
+    _, tau, capped = _draw_times(score, (2**16,), jnp.float32, key, "capped")
+    _, _, likelihood = _draw_times(score, (2**16,), jnp.float32, key, "likelihood")
+    rate = score.spreading_rate()
+    assert rate == 2.0  # −2 tr(L)/d with L = −(deg/4) I and deg = 4
+    tau_start, tau_end = float(score.tau(score.t_eps)), float(score.tau(score.schedule.T))
+    constant = np.log(tau_end / tau_start) / (tau_end - tau_start)
+    expected = likelihood * -jnp.expm1(-rate * tau) / (rate * tau)
+    np.testing.assert_allclose(capped, expected, rtol=1e-4)
+    early = np.asarray(tau) < 0.02 / rate  # there λ(τ)/(vτ) > 1 − 0.02/2
+    assert early.sum() > 100
+    np.testing.assert_allclose(capped[early], likelihood[early], rtol=0.01)
+    assert float(capped.max()) <= constant / rate * (1 + 1e-5)
+    assert float(likelihood.max()) > 100 * constant / rate  # the weights that the cap removes
+    grid = np.geomspace(tau_start, tau_end, 200_001)
+    ratio = -np.expm1(-rate * grid) / (rate * grid)
+    mean = np.sum(0.5 * (ratio[1:] + ratio[:-1]) * np.diff(grid)) / (tau_end - tau_start)
+    values = np.asarray(capped, np.float64)
+    assert abs(values.mean() - mean) < 4 * values.std() / np.sqrt(values.size)
+
+
+@pytest.mark.parametrize(("name", "weighting"), [("lattice", "capped"), ("dense", "likelihood")])
+def test_the_default_weighting_is_capped_on_a_lattice_only(name, weighting):
+    noise = make_noise(name, 16)
+    data = np.asarray(jax.random.t(jax.random.key(0), 2.0, (256, *noise.event_shape)))
+    model = mp.MSGM.build(data, key=jax.random.key(1), noise=noise)
+    assert model.loss().weighting == weighting
+    assert model.loss(weighting="variance").weighting == "variance"
+
+
 def test_a_noise_scaled_score_divides_the_network_by_the_spread():
     """With `noise_scaled`, g = P net / √λ(s): a constant network gives |g| √λ(s) constant, so the
     score grows like τ^{-1/2} at small times while the network's output stays O(1)."""
