@@ -1,7 +1,7 @@
 """Does a lattice MSGM learn sparse fields? The draws' sparsity for each network and loss weighting.
 
     python benchmarks/lattice_sparse.py [--side 8] [--n 2048] [--steps 5000] [--draws 256]
-        [--nets plain multiplicative] [--weightings likelihood variance] [--save-models DIR]
+        [--nets plain multiplicative] [--weightings capped likelihood] [--save-models DIR]
 
 8×8 with every network takes about 25 minutes on 2 cores; the field benchmark's size,
 `--side 32 --n 512 --draws 64 --nets multiplicative`, about 20.
@@ -33,6 +33,7 @@ from _machine import machine
 from inverse_fields import fields, peak_to_norm
 
 import msgm_pp as mp
+from msgm_pp.losses import WEIGHTINGS
 
 SAMPLERS = {
     "SDE 128": mp.SDESampler(128),
@@ -120,8 +121,8 @@ def main():
     parser.add_argument(
         "--weightings",
         nargs="+",
-        choices=["likelihood", "variance"],
-        default=["likelihood", "variance"],
+        choices=list(WEIGHTINGS),
+        default=["capped", "likelihood"],
     )
     parser.add_argument("--draws", type=int, default=256)
     parser.add_argument("--output", help="default: results/lattice_sparse_<side>.json")
