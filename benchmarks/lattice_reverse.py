@@ -42,6 +42,11 @@ def reverse_from(score, u, log_r, s_start, steps: int, key):
 
 def run(path: str, taus: list[float], steps: int):
     model = mp.load(path)
+    return model.score.noise.event_shape, reverse_rows(model, taus, steps)
+
+
+def reverse_rows(model, taus: list[float], steps: int) -> list[dict]:
+    """The sparsity scores of 128 fresh fields noised to each τ and of the same run back."""
     score = model.score
     shape = score.noise.event_shape
     data = fields(jax.random.key(5), 128, shape[0])
@@ -58,7 +63,7 @@ def run(path: str, taus: list[float], steps: int):
         row = {"tau": tau, "noised": scores(noised), "reversed": scores(back)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    return shape, rows
+    return rows
 
 
 def main():
