@@ -101,9 +101,10 @@ def test_likelihood_times_are_an_unbiased_importance_sample():
 
 
 def test_capped_weights_follow_the_likelihood_early_and_stop_growing_late():
-    """ "capped" draws the likelihood weighting's times with the weight τ replaced by λ(τ)/v: the
-    same where vτ ≪ 1 (τ(t_ε) = 0.0075 at 32×32), never above the cap 1/v, and an unbiased importance sample of the mean over
-    τ of λ(τ)/(vτ) (checked within 4 standard errors of 2^16 draws against quadrature)."""
+    """The capped weighting draws the likelihood weighting's times with the weight τ replaced by
+    λ(τ)/v: the same where vτ ≪ 1 (τ(t_ε) = 0.0075 at 32×32), never above the cap 1/v, and an
+    unbiased importance sample of the mean over τ of λ(τ)/(vτ) (within 4 standard errors of 2^16
+    draws, against quadrature)."""
     from msgm_pp.losses import _draw_times
 
     score = _score(mp.LatticeNoise((32, 32)), LinearField(jnp.zeros((1024, 1024))))
