@@ -20,6 +20,7 @@ Everything is a pure function of `key`: the same key gives the same parameters.
 """
 
 import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -88,7 +89,14 @@ def cosine_learning_rate(max_steps: int, peak: float = 3e-3):
     """The default learning rate of `fit`: a linear warm-up over the first 5% of `max_steps` (at
     most 500 steps) to `peak`, then a cosine decay to 1% of it at `max_steps`. The decay matters
     for a density: the score is learned to the precision that the final steps' noise allows."""
-    max_steps = check_positive_int(max_steps, "max_steps")
+    return _cosine_learning_rate(check_positive_int(max_steps, "max_steps"), float(peak))
+
+
+# Cached so that equal settings give the same schedule and optimizer objects: `_train_chunk`
+# takes the optimizer as a static argument, which jit compares by identity, and a fresh one per
+# fit recompiled the training program (about 10 s on 2 cores) for every fit of the same shapes.
+@functools.lru_cache(maxsize=64)
+def _cosine_learning_rate(max_steps: int, peak: float):
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,
@@ -107,6 +115,14 @@ def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None):
             f"`learning_rate` must be a positive finite number or an optax schedule, got "
             f"{learning_rate!r}."
         )
+    try:
+        return _adam(learning_rate, clip_norm)
+    except TypeError:  # an unhashable learning rate (an array) is not cached
+        return _adam.__wrapped__(learning_rate, clip_norm)
+
+
+@functools.lru_cache(maxsize=64)
+def _adam(learning_rate, clip_norm):
     adam = optax.adam(learning_rate)
     return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
