@@ -1,6 +1,7 @@
 """Why a 32×32 lattice MSGM did not learn its small-time score: the weights of the late times.
 
-    python benchmarks/lattice_weighting.py [--side 32] [--steps 2000]
+    python benchmarks/lattice_weighting.py [--side 32] [--steps 2000] [--forward-steps 16]
+        [--variants NAME ...]
 
 About 25 minutes on 2 cores. Each variant trains the default lattice network on 512 fields of
 `inverse_fields.fields` for `--steps` steps (4 fields a step, the sliced loss, τ drawn
@@ -15,6 +16,9 @@ and raises the second. Variants:
 - "capped at ½, all τ": the weight c(1 − e^{−τ/c}) with c = 1/v = ½ instead of τ, the 0.6
   default (`weighting="capped"`);
 - "capped at 5, all τ": the same with c = 5, which leaves the intermediate times more weight.
+
+`--forward-steps` sets the integrator steps of the training draws of u_τ (16, the package
+default; `lattice_forward.py` measures their bias). `--variants` runs some of the variants only.
 
 A variant reversed from a τ above its window is marked as such (its network never saw that τ).
 Training keeps the parameters with the best validation loss (`best_step`); where no evaluation
@@ -54,6 +58,7 @@ class WindowLoss(eqx.Module):
 
     tau_high: float = eqx.field(static=True)
     cap: float | None = eqx.field(static=True)
+    forward_steps: int = eqx.field(static=True, default=16)
 
     def __call__(self, score, batch, key):
         u0, log_r = batch
@@ -62,26 +67,27 @@ class WindowLoss(eqx.Module):
         uniform = jax.random.uniform(time_key, log_r.shape, u0.dtype)
         tau = tau_low * jnp.exp(jnp.log(self.tau_high / tau_low) * uniform)
         s = score.schedule.inverse_integral(tau)
-        u = perturb_directions(score.noise, u0, tau, noise_key)
+        u = perturb_directions(score.noise, u0, tau, noise_key, self.forward_steps)
         v = jax.random.rademacher(slice_key, u.shape, u.dtype)
         terms = jax.vmap(_ssm_term, in_axes=(None, 0, 0, 0, 0))(score, u, log_r, s, v)
         weight = tau if self.cap is None else -self.cap * jnp.expm1(-tau / self.cap)
         return jnp.mean(weight * terms)
 
 
-def run(side: int, steps: int, taus: list[float]):
+def run(side: int, steps: int, taus: list[float], forward_steps: int, variants: list[str]):
     train = fields(jax.random.key(0), 512, side)
     train = train[np.linalg.norm(train.reshape(len(train), -1), axis=1) > 0]
     noise = mp.LatticeNoise((side, side))
     rows = []
-    for name, (tau_high, cap) in VARIANTS.items():
+    for name in variants:
+        tau_high, cap = VARIANTS[name]
         net = mp.LatticeScoreNet((side, side), key=jax.random.key(7))
         model = mp.MSGM.build(train, key=jax.random.key(1), noise=noise, net=net)
         tau_high = float(model.score.tau(model.score.schedule.T)) if tau_high is None else tau_high
         start = time.perf_counter()
         net, history = fit_network(
             model.score.net,
-            NetworkLoss(model.score, WindowLoss(tau_high, cap)),
+            NetworkLoss(model.score, WindowLoss(tau_high, cap, forward_steps)),
             model.training_data(train),
             key=jax.random.key(9),
             max_steps=steps,
@@ -112,9 +118,11 @@ def main():
     parser.add_argument("--side", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--taus", type=float, nargs="+", default=[0.03, 0.3, 3.0, 10.0])
+    parser.add_argument("--forward-steps", type=int, default=16)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--output", help="default: results/lattice_weighting.json")
     args = parser.parse_args()
-    rows = run(args.side, args.steps, args.taus)
+    rows = run(args.side, args.steps, args.taus, args.forward_steps, args.variants)
     out = (
         Path(args.output)
         if args.output
