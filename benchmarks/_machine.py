@@ -1,7 +1,9 @@
 """The machine a benchmark ran on, recorded in every results JSON."""
 
+import json
 import os
 import platform
+from pathlib import Path
 
 import jax
 
@@ -14,3 +16,12 @@ def machine() -> dict:
         "backend": jax.default_backend(),
         "jax": jax.__version__,
     }
+
+
+def write_rows(args, rows: list, default_name: str) -> Path:
+    """Write the machine, the command's arguments and `rows` as JSON to `args.output`, or to
+    results/`default_name` beside the benchmarks."""
+    out = Path(args.output) if args.output else Path(__file__).parent / "results" / default_name
+    out.write_text(json.dumps({"machine": machine(), **vars(args), "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out

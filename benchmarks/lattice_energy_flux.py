@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _machine import machine
+from _machine import write_rows
 from inverse_fields import fields
 
 import msgm_pp as mp
@@ -61,10 +61,7 @@ def main():
             row = {"model": Path(path).name, **energy_transport(model, tau)}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    default = Path(__file__).parent / "results" / "lattice_energy_flux.json"
-    out = Path(args.output) if args.output else default
-    out.write_text(json.dumps({"machine": machine(), **vars(args), "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_rows(args, rows, "lattice_energy_flux.json")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ Writes benchmarks/results/lattice_forward.json (or `--output`).
 
 import argparse
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _machine import machine
+from _machine import write_rows
 from inverse_fields import fields
 
 import msgm_pp as mp
@@ -62,10 +61,7 @@ def main():
     parser.add_argument("--output", help="default: results/lattice_forward.json")
     args = parser.parse_args()
     rows = run(args.side, args.taus, args.steps)
-    default = Path(__file__).parent / "results" / "lattice_forward.json"
-    out = Path(args.output) if args.output else default
-    out.write_text(json.dumps({"machine": machine(), **vars(args), "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_rows(args, rows, "lattice_forward.json")
 
 
 if __name__ == "__main__":

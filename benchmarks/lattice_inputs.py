@@ -18,12 +18,11 @@ Writes benchmarks/results/lattice_inputs.json (or `--output`).
 import argparse
 import json
 import time
-from pathlib import Path
 
 import equinox as eqx
 import jax
 import numpy as np
-from _machine import machine
+from _machine import write_rows
 from inverse_fields import fields
 
 import msgm_pp as mp
@@ -88,9 +87,7 @@ def main():
     parser.add_argument("--output", help="default: results/lattice_inputs.json")
     args = parser.parse_args()
     rows = run(args.side, args.steps)
-    out = Path(args.output or Path(__file__).parent / "results" / "lattice_inputs.json")
-    out.write_text(json.dumps({"machine": machine(), **vars(args), "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_rows(args, rows, "lattice_inputs.json")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ Writes benchmarks/results/lattice_reverse_<side>.json (or `--output`).
 
 import argparse
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _machine import machine
+from _machine import write_rows
 from inverse_fields import fields
 from lattice_sparse import sparsity
 
@@ -74,10 +73,7 @@ def main():
     parser.add_argument("--output", help="default: results/lattice_reverse_<side>.json")
     args = parser.parse_args()
     shape, rows = run(args.model, args.taus, args.steps)
-    default = Path(__file__).parent / "results" / f"lattice_reverse_{shape[0]}.json"
-    out = Path(args.output) if args.output else default
-    out.write_text(json.dumps({"machine": machine(), **vars(args), "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_rows(args, rows, f"lattice_reverse_{shape[0]}.json")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from _machine import machine
+from _machine import write_rows
 from inverse_fields import fields, peak_to_norm
 
 import msgm_pp as mp
@@ -131,11 +131,7 @@ def main():
     rows = run(
         args.side, args.n, args.steps, args.nets, args.weightings, args.draws, args.save_models
     )
-    default = Path(__file__).parent / "results" / f"lattice_sparse_{args.side}.json"
-    out = Path(args.output) if args.output else default
-    result = {"machine": machine(), **vars(args)}
-    out.write_text(json.dumps({**result, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_rows(args, rows, f"lattice_sparse_{args.side}.json")
 
 
 if __name__ == "__main__":

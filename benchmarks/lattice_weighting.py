@@ -29,13 +29,12 @@ Writes benchmarks/results/lattice_weighting.json (or `--output`).
 import argparse
 import json
 import time
-from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _machine import machine
+from _machine import write_rows
 from inverse_fields import fields
 from lattice_reverse import reverse_rows
 
@@ -123,13 +122,7 @@ def main():
     parser.add_argument("--output", help="default: results/lattice_weighting.json")
     args = parser.parse_args()
     rows = run(args.side, args.steps, args.taus, args.forward_steps, args.variants)
-    out = (
-        Path(args.output)
-        if args.output
-        else Path(__file__).parent / "results" / ("lattice_weighting.json")
-    )
-    out.write_text(json.dumps({"machine": machine(), **vars(args), "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_rows(args, rows, "lattice_weighting.json")
 
 
 if __name__ == "__main__":
