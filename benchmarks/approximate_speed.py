@@ -3,9 +3,10 @@
     python benchmarks/approximate_speed.py MODEL [--particles 128] [--runs 2] [--output PATH]
 
 About 10 minutes on 2 cores. For instance
-    python benchmarks/approximate_speed.py MODEL --output results/approximate_speed_fusion.json
+    python benchmarks/approximate_speed.py MODEL \
+        --output benchmarks/results/approximate_speed_fusion.json
     XLA_FLAGS=--xla_cpu_use_fusion_emitters=false python benchmarks/approximate_speed.py MODEL \
-        --output results/approximate_speed_elemental.json
+        --output benchmarks/results/approximate_speed_elemental.json
 
 MODEL is a lattice MSGM of `inverse_fields.fields`, for instance one saved by
 `lattice_sparse.py --save-models DIR`. The problem is `inverse_fields.py`'s deblurring task on one
