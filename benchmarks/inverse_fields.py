@@ -67,6 +67,11 @@ def fields(key, n: int, side: int) -> np.ndarray:
     return smooth.astype(np.float32)
 
 
+def with_energy(x: np.ndarray) -> np.ndarray:
+    """The fields of `x` whose norm is not 0: a field without sources has no direction."""
+    return x[np.linalg.norm(np.reshape(x, (len(x), -1)), axis=1) > 0]
+
+
 class Task:
     """A linear observation y = A x + N(0, σ²) of a flattened field, as a NumPyro model."""
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _machine import write_rows
-from inverse_fields import fields
+from inverse_fields import fields, with_energy
 
 import msgm_pp as mp
 from msgm_pp.forward import simulate_directions
@@ -33,7 +33,7 @@ def energy_transport(model, tau: float) -> dict:
     score, noise = model.score, model.score.noise
     side = noise.event_shape[0]
     data = fields(jax.random.key(5), 64, side)
-    data = data[np.linalg.norm(data.reshape(len(data), -1), axis=1) > 0]
+    data = with_energy(data)
     u0, log_r = model.training_data(data)
     steps = max(64, round(tau / 0.05))
     u = simulate_directions(noise, u0, jnp.full(len(u0), tau), jax.random.key(3), steps)

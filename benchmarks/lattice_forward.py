@@ -17,24 +17,17 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from _machine import write_rows
-from inverse_fields import fields
+from inverse_fields import fields, with_energy
+from lattice_sparse import energy_concentration
 
 import msgm_pp as mp
 from msgm_pp.forward import simulate_directions
 
 
-def energy_concentration(u) -> tuple[float, float]:
-    """Mean and standard error over fields of d·Σu_i⁴ (3d/(d + 2) for a uniform direction)."""
-    u = np.asarray(u, np.float64)
-    values = u.shape[1] * np.sum(u**4, axis=1)
-    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
-
-
 def run(side: int, taus: list[float], step_counts: list[int]) -> list[dict]:
     data = fields(jax.random.key(5), 256, side).reshape(256, -1)
-    data = data[np.linalg.norm(data, axis=1) > 0]
+    data = with_energy(data)
     u0 = data / jnp.linalg.norm(data, axis=1, keepdims=True)
     noise = mp.LatticeNoise((side, side))
     mean, error = energy_concentration(u0)

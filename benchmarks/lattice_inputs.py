@@ -23,7 +23,7 @@ import equinox as eqx
 import jax
 import numpy as np
 from _machine import write_rows
-from inverse_fields import fields
+from inverse_fields import fields, with_energy
 
 import msgm_pp as mp
 
@@ -52,7 +52,7 @@ def network(side: int, inputs: str, zero_last_layer: bool):
 
 def run(side: int, steps: int, tau_low: float = 0.05, tau_high: float = 0.2):
     train = fields(jax.random.key(0), 512, side)
-    train = train[np.linalg.norm(train.reshape(len(train), -1), axis=1) > 0]
+    train = with_energy(train)
     schedule = mp.LinearSchedule(beta_min=tau_high, beta_max=tau_high, T=1.0)
     rows = []
     for name, (inputs, zero_last_layer) in VARIANTS.items():

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _machine import write_rows
-from inverse_fields import fields
+from inverse_fields import fields, with_energy
 from lattice_sparse import sparsity
 
 import msgm_pp as mp
@@ -49,7 +49,7 @@ def reverse_rows(model, taus: list[float], steps: int) -> list[dict]:
     score = model.score
     shape = score.noise.event_shape
     data = fields(jax.random.key(5), 128, shape[0])
-    data = data[np.linalg.norm(data.reshape(len(data), -1), axis=1) > 0]
+    data = with_energy(data)
     u0, log_r = model.training_data(data)
     scores = lambda u: sparsity(np.asarray(u).reshape(-1, *shape))
     rows = [{"tau": 0.0, "noised": scores(u0), "reversed": scores(u0)}]

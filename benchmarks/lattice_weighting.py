@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _machine import write_rows
-from inverse_fields import fields
+from inverse_fields import fields, with_energy
 from lattice_reverse import reverse_rows
 
 import msgm_pp as mp
@@ -75,7 +75,7 @@ class WindowLoss(eqx.Module):
 
 def run(side: int, steps: int, taus: list[float], forward_steps: int, variants: list[str]):
     train = fields(jax.random.key(0), 512, side)
-    train = train[np.linalg.norm(train.reshape(len(train), -1), axis=1) > 0]
+    train = with_energy(train)
     noise = mp.LatticeNoise((side, side))
     rows = []
     for name in variants:
