@@ -54,25 +54,36 @@ def time_of_tau(schedule, tau):
     return (-schedule.beta_min + math.sqrt(schedule.beta_min**2 + 4 * a * tau)) / (2 * a)
 
 
-# XLA:CPU's legacy elemental emitters instead of its fusion emitters: the suite is compile-bound
-# (about 3/4 of its time is XLA backend compilation), and with them tests/test_density.py and
-# tests/test_msgm.py took 476 s against 802 s on one core, test_posterior.py and test_numpyro.py
-# 321 s against 515 s; the compute-heavy lattice energy-profile test took 19 s against 34 s.
-FASTER_COMPILE_FLAG = "--xla_cpu_use_fusion_emitters=false"
+# The suite is compile-bound (about 3/4 of its time is XLA backend compilation), so the tests run
+# with flags that make XLA:CPU compile faster:
+# - its legacy elemental emitters instead of its fusion emitters: tests/test_density.py and
+#   tests/test_msgm.py took 476 s against 802 s on one core, test_posterior.py and
+#   test_numpyro.py 321 s against 515 s;
+# - LLVM at optimisation level 2 instead of 3: with the emitters above, test_msgm.py,
+#   test_numpyro.py and test_nets.py took 234 s against 300 s on one core, and test_density.py,
+#   test_schedule.py and test_posterior.py 249–254 s against 282–287 s (both orders of the two
+#   cores); level 1 was no faster than 2, and level 0 made compute-heavy tests up to 10× slower.
+FASTER_COMPILE_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=2")
+
+
+def flag_name(flag: str) -> str:
+    return flag.split("=")[0]
 
 
 def compile_faster_where_supported() -> None:
-    """Add FASTER_COMPILE_FLAG to XLA_FLAGS (read by XLA when the backend starts, and inherited
-    by the xdist workers, the notebook kernels and the CLI subprocesses) if this jaxlib knows the
-    flag: XLA aborts the process on an unknown one, so a subprocess tries it first."""
+    """Add those of FASTER_COMPILE_FLAGS that XLA_FLAGS does not already set (XLA reads them when
+    the backend starts; the xdist workers, the notebook kernels and the CLI subprocesses inherit
+    them) if this jaxlib knows them: XLA aborts the process on an unknown flag, so a subprocess
+    tries them first."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if FASTER_COMPILE_FLAG.split("=")[0] in flags:
+    missing = [flag for flag in FASTER_COMPILE_FLAGS if flag_name(flag) not in flags]
+    if not missing:
         return
-    with_flag = f"{flags} {FASTER_COMPILE_FLAG}".strip()
+    with_flags = " ".join([flags, *missing]).strip()
     probe = [sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"]
-    env = {**os.environ, "XLA_FLAGS": with_flag}
+    env = {**os.environ, "XLA_FLAGS": with_flags}
     if subprocess.run(probe, env=env, capture_output=True).returncode == 0:
-        os.environ["XLA_FLAGS"] = with_flag
+        os.environ["XLA_FLAGS"] = with_flags
 
 
 def pytest_configure(config):
