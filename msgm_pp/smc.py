@@ -254,6 +254,11 @@ class SMCOutput(NamedTuple):
     dropped: jax.Array
 
 
+def reference_log_norms(norm_model) -> jax.Array:
+    """A fixed sample of 4096 log-norms from the norm model, for its spread and range."""
+    return norm_model.sample(jax.random.key(0), (4096,))
+
+
 def adapted_proposal(pilot: SMCOutput, norm_model, dtype) -> NormProposal:
     """A kernel density of the pilot groups' redrawn log-norms with the groups' weights
     (Silverman's bandwidth at the groups' effective number, at least 5% of the prior's spread),
@@ -263,7 +268,7 @@ def adapted_proposal(pilot: SMCOutput, norm_model, dtype) -> NormProposal:
     weights = jnp.exp(log_mix)
     mean = jnp.sum(weights * centres)
     spread = jnp.sqrt(jnp.sum(weights * (centres - mean) ** 2))
-    prior_spread = jnp.std(norm_model.sample(jax.random.key(0), (4096,)))
+    prior_spread = jnp.std(reference_log_norms(norm_model))
     bandwidth = jnp.maximum(1.06 * spread * pilot.group_ess ** (-0.2), 0.05 * prior_spread)
     adapted = NormProposal(
         centres.astype(dtype),
@@ -281,7 +286,7 @@ def conditional_log_norm(key, process, norm_model, log_likelihood, u, others, lo
     the direction u (ignoring how u's own law depends on ℓ): a cell of a 64-point grid over the
     norm model's range, then a point of a 65-point grid across the cell and its neighbours, each
     drawn by its value. ℓ where the likelihood is nowhere finite."""
-    draws = norm_model.sample(jax.random.key(0), (4096,)).astype(log_r.dtype)
+    draws = reference_log_norms(norm_model).astype(log_r.dtype)
     margin = jnp.std(draws)
     coarse = jnp.linspace(jnp.min(draws) - margin, jnp.max(draws) + margin, 64)
 
