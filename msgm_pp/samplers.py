@@ -2,7 +2,16 @@ r"""Reverse-time samplers: what `sample` integrates, as small typed settings obj
 
 - :class:`SDESampler` runs the reverse SDE. For an MSGM, dy = β Σ(y)∇log p dt + √β G(y) ∘ dW is one
   `noise.rotation_step` per step with drift_dt = noise_dt = Δτ and the learned tangent score as
-  drift: an exact rotation of u (a Stratonovich, first-order Magnus step).
+  drift: an exact rotation of u (a Stratonovich, first-order Magnus step). Its `stochasticity`
+  η ∈ (0, 1] keeps a share η² of the noise variance,
+
+      dy = ½(1 + η²) β Σ(y)∇log p dt + η √β G(y) ∘ dW,
+
+  so noise_dt = η²Δτ and drift_dt = ½(1 + η²)Δτ. The generator of this reverse process is
+  (1 − η²) × the probability-flow ODE's + η² × the reverse SDE's, and both carry the forward
+  marginals backwards, so with the exact score every η draws from the same law (η → 0 is the
+  ODE). With a learned score they differ: the noise corrects errors of the score but also
+  spreads what the score concentrates (Karras et al. 2022 tune the same trade-off per dataset).
 - :class:`ODESampler` runs the probability-flow ODE dy/dt = ½ β Σ(y)∇log p by Heun's method
   (:func:`msgm_pp.heun.heun_step`), on the sphere for an MSGM, where every step is a rotation.
 
@@ -24,12 +33,26 @@ from msgm_pp.sphere import geodesic_step, project_tangent, renormalise
 
 @serializable
 class SDESampler(eqx.Module):
-    """The reverse SDE with `steps` steps (first order in the step, exact rotations)."""
+    """The reverse SDE with `steps` steps (first order in the step, exact rotations), keeping a
+    share `stochasticity`² of its noise variance (1, the default: the reverse SDE; see the module
+    docstring)."""
 
     steps: int = eqx.field(static=True, default=128)
+    stochasticity: float = eqx.field(static=True, default=1.0)
 
     def __check_init__(self):
         check_positive_int(self.steps, "steps")
+        eta = self.stochasticity
+        if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0.0 < eta <= 1.0:
+            raise ValueError(
+                f"`stochasticity` must be a number in (0, 1], got {eta!r}; for the "
+                "deterministic sampler use mp.ODESampler."
+            )
+
+    @property
+    def noise_share(self) -> float:
+        """η², the share of the reverse SDE's noise variance that each step keeps."""
+        return float(self.stochasticity) ** 2
 
 
 @serializable
@@ -77,7 +100,8 @@ def reverse_over(score: TangentScore, u, log_r, key, sampler: AbstractSampler, t
         d_tau = score.tau(s) - score.tau(s_next)
         xi = jax.random.normal(step_key, u.shape[:1] + score.noise.increment_shape, u.dtype)
         g = jax.vmap(score, in_axes=(0, 0, None))(u, log_r, s)
-        return renormalise(sde_step(u, xi, d_tau, g, d_tau)), None
+        share = sampler.noise_share
+        return renormalise(sde_step(u, xi, share * d_tau, g, 0.5 * (1.0 + share) * d_tau)), None
 
     def velocity(u, s):
         return 0.5 * drift(u, log_r, s)

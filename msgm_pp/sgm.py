@@ -14,7 +14,8 @@ predicts the noise, and the score is ∇log p_t(x̃) = −ε_θ(x̃, t)/σ_t. Lo
 - ``"ssm"``, sliced score matching, the loss of the paper's comparison:
   σ_t² (½ |s_θ|² + vᵀ ∇s_θ v) = ½ |ε_θ|² − σ_t vᵀ ∇ε_θ v, one jvp per sample.
 
-Samplers, in τ: the reverse SDE by Euler–Maruyama, x̃ ← x̃ + Δτ (½ x̃ + s) + √Δτ z, and the
+Samplers, in τ: the reverse SDE by Euler–Maruyama, x̃ ← x̃ + Δτ (½ x̃ + ½(1 + η²) s) + η √Δτ z
+(η the sampler's `stochasticity`, 1 by default), and the
 probability-flow ODE dx̃/dτ = −½ (x̃ + s) by Heun's method, both on the grid of `time_grid` (equal
 steps in log τ near t_ε, in τ near T). `log_prob` integrates that ODE forward from x̃ at t_ε to T with the trapezoid rule
 for its divergence:
@@ -147,7 +148,9 @@ def _reverse(score: VPScore, y_T, key, sampler):
         t, t_next, step_key = inputs
         d_tau = score.tau(t) - score.tau(t_next)
         z = jax.random.normal(step_key, y.shape, y.dtype)
-        return y + d_tau * (0.5 * y + score_at(y, t)) + jnp.sqrt(d_tau) * z, None
+        share = sampler.noise_share
+        drift = 0.5 * y + 0.5 * (1.0 + share) * score_at(y, t)
+        return y + d_tau * drift + jnp.sqrt(share * d_tau) * z, None
 
     def ode(y, inputs):
         t, t_next, _ = inputs

@@ -10,10 +10,13 @@ increments are Gaussian, so the SMC targets the posterior under exactly the law 
 draws from:
 
 - MSGM (:class:`RotationProcess`): x = e^ℓ u_0 with ℓ from the norm model and u_K uniform on
-  S^{d−1}; each reverse rotation u_{k−1} = R(u_k, η_k) has generator coordinates
-  η_k ~ N(Δτ_k G(u_k)ᵀ g(u_k, ℓ, s_k), Δτ_k I) (:mod:`msgm_pp.noise`);
-- SGM (:class:`DiffusionProcess`): x̃_K ~ N(0, I) and x̃_{k−1} ~ N(x̃_k + Δτ_k (½ x̃_k + s(x̃_k, s_k)),
-  Δτ_k I) on normalised coordinates.
+  S^{d−1}; each reverse rotation u_{k−1} = R(u_k, θ_k) has generator coordinates
+  θ_k ~ N(½(1 + η²) Δτ_k G(u_k)ᵀ g(u_k, ℓ, s_k), η² Δτ_k I) (:mod:`msgm_pp.noise`);
+- SGM (:class:`DiffusionProcess`): x̃_K ~ N(0, I) and
+  x̃_{k−1} ~ N(x̃_k + Δτ_k (½ x̃_k + ½(1 + η²) s(x̃_k, s_k)), η² Δτ_k I) on normalised coordinates;
+
+η is the `stochasticity` of the prior's :class:`~msgm_pp.SDESampler` (1, the reverse SDE, by
+default; a prior that samples with the ODE is sampled here with η = 1).
 
 **Twist** (Wu et al. 2023, "Practical and asymptotically exact conditional sampling in diffusion
 models", carried over to rotations). A particle z at time s is guided by the expected likelihood of
@@ -29,6 +32,12 @@ a Gaussian guess of its end point, x_0 ~ N(x̂_0(z), v I) in model coordinates:
 - SGM: Tweedie's x̂_0 = (x̃ − σ_t ε_θ(x̃, t))/α_t and v = σ_t², the spread of x̃_0 given x̃_t for
   data of unit variance (the choice of pseudoinverse guidance, Song et al. 2023).
 
+These are guesses for the time reversal (η = 1). With a stochasticity η < 1 less noise remains
+between x_t and x_0 (none as η → 0, where x_0 is a function of x_t), and both formulas use
+η²τ in place of τ (with the score still at s): for data of unit variance under the SGM's VP
+diffusion the reverse process is then an Ornstein–Uhlenbeck process of rate ½η², and x̃_0 given
+x̃_t is exactly N(e^{−η²τ/2} x̃_t, 1 − e^{−η²τ}), which is what they give.
+
 With L expanded to second order at x̂_0 (exact for a Gaussian likelihood with a linear operator),
 
     log ψ(z) = L(x̂_0) + ½ v ∇Lᵀ (I − v ∇²L)⁻¹ ∇L,   ∇_{x̂_0} log ψ = (I − v ∇²L)⁻¹ ∇L,
@@ -36,10 +45,11 @@ With L expanded to second order at x̂_0 (exact for a Gaussian likelihood with a
 where the solve takes `cg_steps` conjugate-gradient steps with Hessian-vector products of the
 likelihood only, and the guidance h = ∇_z log ψ pulls the solved vector back through x̂_0(z). The
 inflation keeps the weights even: a sharp observation seen through an uncertain x̂_0 is much
-flatter than at x̂_0 itself, in each observed direction by its own factor. The proposal adds h to
-the score in the reverse step, its shift capped at 3 noise standard deviations per step (root
-mean square over the noise coordinates, so that the cap means the same at every d); the
-weight carries the Girsanov ratio of the two Gaussian increments, −√Δτ ξ·c − ½Δτ|c|² with c the
+flatter than at x̂_0 itself, in each observed direction by its own factor. The proposal adds the drift η² Δτ h (the
+Doob transform's: the noise variance times ∇log ψ) to the reverse step, its shift capped at 3
+noise standard deviations per step (root mean square over the noise coordinates, so that the
+cap means the same at every d); the weight carries the Girsanov ratio of the two Gaussian
+increments, −η√Δτ ξ·c − ½η²Δτ|c|² with c the
 guidance in noise coordinates (G(u)ᵀh, or h for the SGM), times ψ_{k−1}/ψ_k, and at t_ε the last
 weight swaps ψ for the likelihood itself. The twist only shapes the proposal: the weights are exact
 whatever it is, and the estimates converge as the particles grow; the effective sample size reports
@@ -76,7 +86,7 @@ import jax.numpy as jnp
 
 from msgm_pp.coordinates import CoordinateScaling
 from msgm_pp.msgm import MSGM
-from msgm_pp.samplers import reverse_times
+from msgm_pp.samplers import SDESampler, reverse_times
 from msgm_pp.score import TangentScore
 from msgm_pp.sgm import SGM, VPScore
 from msgm_pp.sphere import project_tangent, renormalise, sphere_exp
@@ -93,6 +103,7 @@ class RotationProcess(eqx.Module):
     coordinates: CoordinateScaling | None
     event_shape: tuple[int, ...] = eqx.field(static=True)
     mixing_rate: float = eqx.field(static=True)
+    noise_share: float = eqx.field(static=True, default=1.0)
 
     @property
     def dim(self) -> int:
@@ -117,8 +128,8 @@ class RotationProcess(eqx.Module):
         return x.reshape(self.event_shape)
 
     def denoised(self, u, log_r, s):
-        """(x̂_0 in model coordinates, the score g(u, ℓ, s))."""
-        tau = self.score.tau(s)
+        """(x̂_0 in model coordinates, the score g(u, ℓ, s)), with the remaining noise η²τ."""
+        tau = self.noise_share * self.score.tau(s)
         g = self.score(u, log_r, s)
         direction = renormalise(sphere_exp(u, tau * self.score.noise._diffusion(u, g)))
         return jnp.exp(log_r - self.mixing_rate * tau) * direction, g
@@ -126,7 +137,8 @@ class RotationProcess(eqx.Module):
     def spread(self, log_r, s):
         """v, the variance of each coordinate of the guess of x_0 around x̂_0, at most r²/d."""
         rate = self.mixing_rate
-        mixing = -jnp.expm1(-2.0 * rate * self.score.tau(s)) / (2.0 * rate)
+        tau = self.noise_share * self.score.tau(s)
+        mixing = -jnp.expm1(-2.0 * rate * tau) / (2.0 * rate)
         return jnp.exp(2.0 * log_r) * jnp.minimum(mixing, 1.0 / self.dim)
 
     def tangent(self, u, gradient):
@@ -136,8 +148,11 @@ class RotationProcess(eqx.Module):
         return self.score.noise.drift_coordinates(u, guidance)
 
     def step(self, u, xi, d_tau, g, guidance):
-        """One reverse Euler step with the guidance added to the score."""
-        return renormalise(self.score.noise.rotation_step(u, xi, d_tau, g + guidance, d_tau))
+        """One reverse Euler step of the sampler (noise variance η²Δτ, score drift
+        ½(1 + η²)Δτ) with the guidance's drift η²Δτ added."""
+        share = self.noise_share
+        drift = 0.5 * (1.0 + share) * g + share * guidance
+        return renormalise(self.score.noise.rotation_step(u, xi, share * d_tau, drift, d_tau))
 
 
 class DiffusionProcess(eqx.Module):
@@ -145,6 +160,7 @@ class DiffusionProcess(eqx.Module):
 
     score: VPScore
     event_shape: tuple[int, ...] = eqx.field(static=True)
+    noise_share: float = eqx.field(static=True, default=1.0)
 
     @property
     def dim(self) -> int:
@@ -165,12 +181,14 @@ class DiffusionProcess(eqx.Module):
         return self.score.denormalise(y).reshape(self.event_shape)
 
     def denoised(self, y, log_r, s):
-        """(Tweedie's x̂_0, the score s(x̃, t) = −ε_θ/σ_t)."""
+        """(Tweedie's x̂_0 with the remaining noise η²τ, the score s(x̃, t) = −ε_θ/σ_t)."""
         epsilon, sigma = self.score.epsilon(y, s), self.score.sigma(s)
-        return (y - sigma * epsilon) * jnp.exp(0.5 * self.score.tau(s)), -epsilon / sigma
+        score = -epsilon / sigma
+        tau = self.noise_share * self.score.tau(s)
+        return (y - jnp.expm1(-tau) * score) * jnp.exp(0.5 * tau), score
 
     def spread(self, log_r, s):
-        return self.score.sigma(s) ** 2
+        return -jnp.expm1(-self.noise_share * self.score.tau(s))
 
     def tangent(self, y, gradient):
         return gradient
@@ -179,16 +197,22 @@ class DiffusionProcess(eqx.Module):
         return guidance
 
     def step(self, y, xi, d_tau, score, guidance):
-        return y + d_tau * (0.5 * y + score + guidance) + jnp.sqrt(d_tau) * xi
+        share = self.noise_share
+        drift = 0.5 * y + 0.5 * (1.0 + share) * score + share * guidance
+        return y + d_tau * drift + jnp.sqrt(share * d_tau) * xi
 
 
 def process_of(prior) -> RotationProcess | DiffusionProcess:
-    """The reverse process that `prior.sample` follows with its SDE sampler."""
+    """The reverse process that `prior.sample` follows with its SDE sampler (the reverse SDE,
+    η = 1, when the prior samples with the ODE)."""
+    share = prior.sampler.noise_share if isinstance(prior.sampler, SDESampler) else 1.0
     if isinstance(prior, MSGM):
         rate = float(prior.noise.mixing_rate())
-        return RotationProcess(prior.score, prior.coordinates, tuple(prior.event_shape), rate)
+        return RotationProcess(
+            prior.score, prior.coordinates, tuple(prior.event_shape), rate, share
+        )
     if isinstance(prior, SGM):
-        return DiffusionProcess(prior.score, tuple(prior.event_shape))
+        return DiffusionProcess(prior.score, tuple(prior.event_shape), share)
     raise TypeError(f"no reverse process for a {type(prior).__name__}; expected an MSGM or SGM.")
 
 
@@ -435,12 +459,13 @@ def twisted_smc(
     others = per_particle(jax.vmap(draw_others)(jax.random.split(others_key, groups), group_points))
 
     def guided_step(z, xi, d_tau, score, guidance):
+        noise_dt = process.noise_share * d_tau
         coordinates = process.drift_coordinates(z, guidance)
-        shift = jnp.sqrt(d_tau * jnp.mean(coordinates**2))
+        shift = jnp.sqrt(noise_dt * jnp.mean(coordinates**2))
         damping = jnp.minimum(1.0, MAX_GUIDANCE_SHIFT / jnp.maximum(shift, 1e-30))
         coordinates = damping * coordinates
         z_next = process.step(z, xi, d_tau, score, damping * guidance)
-        girsanov = -jnp.sqrt(d_tau) * jnp.sum(xi * coordinates) - 0.5 * d_tau * jnp.sum(
+        girsanov = -jnp.sqrt(noise_dt) * jnp.sum(xi * coordinates) - 0.5 * noise_dt * jnp.sum(
             coordinates**2
         )
         return z_next, girsanov

@@ -49,6 +49,15 @@ class PointMassScore(eqx.Module):
         return heat_kernel_score(u, self.u0, self.schedule.integral(t * self.schedule.T))
 
 
+class LinearField(eqx.Module):
+    """A smooth inexact score, (1 + t) M u: the reverse samplers' laws then differ."""
+
+    matrix: jax.Array
+
+    def __call__(self, u, z, t):
+        return (1.0 + t) * (self.matrix @ u)
+
+
 def time_of_tau(schedule, tau):
     a = 0.5 * (schedule.beta_max - schedule.beta_min) / schedule.T
     return (-schedule.beta_min + math.sqrt(schedule.beta_min**2 + 4 * a * tau)) / (2 * a)

@@ -11,6 +11,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from conftest import LinearField
 from scipy import stats
 
 import msgm_pp as mp
@@ -113,11 +114,14 @@ def test_dense_noise_posterior_matches_importance_sampling_from_the_prior():
     """Any skew-symmetric noise: the guided Cayley steps and their Girsanov weights are checked
     against self-normalised importance sampling with 20000 prior draws under a mildly
     informative likelihood (importance ESS above 5000: error about 0.015 sd; the SMC's own, with
-    2 × 2048 particles, about 0.02 sd, so 0.1 sd is 4 standard errors)."""
+    2 × 2048 particles, about 0.02 sd, so 0.1 sd is 4 standard errors). The score is a linear
+    field, not the score of any law, so the law of `sample` depends on the sampler's
+    stochasticity, set to ½ here: the SMC must follow that law, noise variance and drift alike
+    (following the reverse SDE's law instead put the third mean 0.2 sd off)."""
     data = jax.random.normal(jax.random.key(0), (512, 3)) * jnp.array([1.0, 0.5, 2.0])
-    prior = mp.MSGM.build(data, key=jax.random.key(1), noise="dense").with_options(
-        sampler=mp.SDESampler(32)
-    )
+    prior = mp.MSGM.build(data, key=jax.random.key(1), noise="dense")
+    field = LinearField(jax.random.normal(jax.random.key(5), (3, 3)))
+    prior = prior.with_network(field).with_options(sampler=mp.SDESampler(32, stochasticity=0.5))
     operator = jnp.array([[1.0, 0.5, 0.0], [0.0, 1.0, -0.5]])
 
     def model(prior, y=None):
@@ -188,13 +192,19 @@ def test_the_sgm_baseline_goes_through_the_same_sampler_to_the_gaussian_posterio
     assert np.all(np.abs(smc.log_evidence - log_evidence) < 0.1)
 
 
-def test_the_approximate_mode_returns_every_particle_and_is_exact_where_the_twist_is():
+@pytest.mark.parametrize("stochasticity", [1.0, 0.5])
+def test_the_approximate_mode_returns_every_particle_and_is_exact_where_the_twist_is(
+    stochasticity,
+):
     """For unit-variance normalised data the twist's Gaussian guess of x_0 is the exact
-    conditional, so with a linear Gaussian likelihood it is p(y | x_t) itself and the guided
-    reverse process samples the posterior up to time discretisation: the unweighted draws match
-    it (4096 independent draws: a mean's error is about 0.016 sd, so 0.1 sd is 6 standard
-    errors). Nothing is resampled, so every particle is a distinct draw."""
+    conditional of the sampler's reverse process (for η < 1 too, with the remaining noise η²τ),
+    so with a linear Gaussian likelihood it is p(y | x_t) itself and the guided reverse process
+    samples the posterior up to time discretisation: the unweighted draws match it (4096
+    independent draws: a mean's error is about 0.016 sd, so 0.1 sd is 6 standard errors; with
+    the η = 1 guess at η = ½ a mean was 0.9 sd off). Nothing is resampled, so every particle is a
+    distinct draw."""
     model, prior, y, mean, sd, _ = gaussian_sgm_problem(jnp.ones(3))
+    prior = prior.with_options(sampler=mp.SDESampler(256, stochasticity=stochasticity))
     smc = mp.TwistedSMC(model, num_particles=2048, num_chains=2, weighted=False, progress=False)
     smc.run(jax.random.key(4), prior, y=y)
     x = np.asarray(smc.get_samples()["x"], np.float64)

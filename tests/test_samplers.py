@@ -3,12 +3,11 @@
 import itertools
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PointMassScore, make_noise, time_of_tau, unit_rows
+from conftest import LinearField, PointMassScore, make_noise, time_of_tau, unit_rows
 from scipy.special import eval_gegenbauer
 
 import msgm_pp as mp
@@ -16,19 +15,17 @@ from msgm_pp.samplers import check_sampler, reverse_directions
 from msgm_pp.score import TangentScore
 
 
-class LinearField(eqx.Module):
-    matrix: jax.Array
-
-    def __call__(self, u, z, t):
-        return (1.0 + t) * (self.matrix @ u)
-
-
-@pytest.mark.parametrize("sampler", [mp.SDESampler, mp.ODESampler])
+@pytest.mark.parametrize(
+    "sampler",
+    [mp.SDESampler(1024), mp.SDESampler(1024, stochasticity=0.5), mp.ODESampler(256)],
+    ids=["sde", "sde-half-noise", "ode"],
+)
 def test_exact_point_mass_score_recovers_the_heat_kernel(sampler):
-    """Started from the uniform law at T, both samplers must end at the law of u_τ given u_0 = e_1
-    with τ = τ(t_ε) = 0.1: its Gegenbauer moments are exp(−l(l+d−2)τ/2). The SDE step is first
-    order in law (its bias halves with the step: -0.018, -0.009, -0.0023 for l = 2 at 128, 256 and
-    1024 steps), so it runs 1024 steps here, the ODE 256."""
+    """Started from the uniform law at T, every sampler must end at the law of u_τ given u_0 = e_1
+    with τ = τ(t_ε) = 0.1: its Gegenbauer moments are exp(−l(l+d−2)τ/2). With the exact score the
+    law does not depend on the SDE's stochasticity. The SDE step is first order in law (its bias
+    halves with the step: -0.018, -0.009, -0.0023 for l = 2 at 128, 256 and 1024 steps), so it
+    runs 1024 steps here, the ODE 256."""
     d, n, tau_end = 3, 20000, 0.1
     noise = mp.IsotropicNoise(d)
     schedule = mp.mixing_schedule(noise)
@@ -37,8 +34,7 @@ def test_exact_point_mass_score_recovers_the_heat_kernel(sampler):
         PointMassScore(u0, schedule), noise, schedule, 0.0, 1.0, time_of_tau(schedule, tau_end)
     )
     u_T = unit_rows(jax.random.key(0), n, d)
-    steps = 1024 if sampler is mp.SDESampler else 256
-    u = reverse_directions(score, u_T, jnp.zeros(n), jax.random.key(1), sampler(steps))
+    u = reverse_directions(score, u_T, jnp.zeros(n), jax.random.key(1), sampler)
     c = np.clip(np.asarray(u @ u0, dtype=np.float64), -1, 1)
     for l in (1, 2):
         moment = eval_gegenbauer(l, 0.5, c)
@@ -98,3 +94,6 @@ def test_bad_sampler_settings_are_refused():
         mp.ODESampler(steps=2.5)
     with pytest.raises(TypeError, match="`sampler` must be"):
         check_sampler("euler")
+    for eta in (0.0, 1.5, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="`stochasticity` must be a number in"):
+            mp.SDESampler(8, stochasticity=eta)

@@ -69,7 +69,9 @@ def untrained_sgm():
     net = mp.TimeMLP(3, key=jax.random.key(0), width=16, depth=1)
     score = mp.VPScore(net, mp.vp_schedule(), jax.numpy.ones(3), 2 * jax.numpy.ones(3), 1e-3)
     return mp.SGM(
-        score, sampler=mp.SDESampler(8), density=mp.ODEDensity(4, mp.HutchinsonTrace(2, seed=3))
+        score,
+        sampler=mp.SDESampler(8, stochasticity=0.5),
+        density=mp.ODEDensity(4, mp.HutchinsonTrace(2, seed=3)),
     )
 
 
