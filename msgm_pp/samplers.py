@@ -20,6 +20,8 @@ Both take `steps` steps from T down to t_ε, equally spaced in log τ near t_ε 
 Δτ = τ(s) − τ(s − h) exactly. For an MSGM only the direction u moves, at fixed norm r.
 """
 
+import numbers
+
 import equinox as eqx
 import jax
 
@@ -31,6 +33,15 @@ from msgm_pp.serialization import serializable
 from msgm_pp.sphere import geodesic_step, project_tangent, renormalise
 
 
+def _stochasticity(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value <= 1.0:
+        raise ValueError(
+            f"`stochasticity` must be a number in (0, 1], got {value!r}; for the "
+            "deterministic sampler use mp.ODESampler."
+        )
+    return float(value)
+
+
 @serializable
 class SDESampler(eqx.Module):
     """The reverse SDE with `steps` steps (first order in the step, exact rotations), keeping a
@@ -38,16 +49,10 @@ class SDESampler(eqx.Module):
     docstring)."""
 
     steps: int = eqx.field(static=True, default=128)
-    stochasticity: float = eqx.field(static=True, default=1.0)
+    stochasticity: float = eqx.field(static=True, default=1.0, converter=_stochasticity)
 
     def __check_init__(self):
         check_positive_int(self.steps, "steps")
-        eta = self.stochasticity
-        if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0.0 < eta <= 1.0:
-            raise ValueError(
-                f"`stochasticity` must be a number in (0, 1], got {eta!r}; for the "
-                "deterministic sampler use mp.ODESampler."
-            )
 
     @property
     def noise_share(self) -> float:

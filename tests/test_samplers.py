@@ -97,3 +97,5 @@ def test_bad_sampler_settings_are_refused():
     for eta in (0.0, 1.5, float("nan"), True, "1"):
         with pytest.raises(ValueError, match="`stochasticity` must be a number in"):
             mp.SDESampler(8, stochasticity=eta)
+    # stored as a Python float, which a model file can hold
+    assert type(mp.SDESampler(8, stochasticity=np.float32(0.5)).stochasticity) is float
