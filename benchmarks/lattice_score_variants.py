@@ -1,0 +1,169 @@
+"""Does the 32×32 lattice score learn where the energy goes with a quieter loss, a stencil output
+or a wider network? Three suspects, each against the 0.6 default at the same budget.
+
+    python benchmarks/lattice_score_variants.py [--steps 2000] [--variants NAME ...]
+
+About 25 minutes on one core. Each variant trains on 512 fields of `inverse_fields.fields` for
+`--steps` steps with the capped weighting (as `lattice_weighting.py`'s "capped at ½, all τ"), then
+noises 128 fresh fields to τ = 0.3, 3 and 10 and runs the learned reverse SDE back
+(`lattice_reverse.reverse_rows`, 256 steps). Variants:
+
+- "default": `LatticeScoreNet` with 16 channels, the sliced loss with one Rademacher slice;
+- "colour-probed slices": the same network; the slice v is split by a 2×2 colouring of the grid
+  into 4 probes, Σ_c v_cᵀ J v_c, which drops from the divergence estimate every cross term
+  J_ij v_i v_j between sites one step apart (4 jvps instead of 1);
+- "stencil output": g = √d (Σ_o c_o ⊙ shift_o(v) + b) with a 3×3 stencil c predicted per site,
+  linear access to the neighbours' values at any amplitude (the network reads them through asinh
+  and log(1 + v²)); a stationary Gaussian field's score −C⁻¹x is of this form;
+- "32 channels": the default network twice as wide.
+
+Writes benchmarks/results/lattice_score_variants.json (or `--output`).
+"""
+
+import argparse
+import itertools
+import json
+import math
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _machine import write_rows
+from inverse_fields import fields, with_energy
+from lattice_reverse import reverse_rows
+from lattice_weighting import WindowLoss
+
+import msgm_pp as mp
+from msgm_pp.losses import _field_and_score, perturb_directions
+from msgm_pp.nets import periodic_conv
+from msgm_pp.training import NetworkLoss, cosine_learning_rate, fit_network, make_optimizer
+
+SIDE, CAP = 32, 0.5
+OFFSETS = list(itertools.product((-1, 0, 1), repeat=2))
+
+
+def colour_masks(side: int, period: int) -> jax.Array:
+    """(period², side²) indicators of the sites of each colour of a period × period colouring."""
+    i = np.arange(side)
+    colour = (i[:, None] % period) * period + (i[None, :] % period)
+    return jnp.asarray(np.stack([(colour == c).ravel() for c in range(period**2)]), jnp.float32)
+
+
+class ColourProbedLoss(eqx.Module):
+    """`WindowLoss` over all τ with the cap, its divergence estimated with colour-split slices."""
+
+    masks: jax.Array
+
+    def __call__(self, score, batch, key):
+        u0, log_r = batch
+        time_key, noise_key, slice_key = jax.random.split(key, 3)
+        tau_low, tau_high = score.tau(score.t_eps), score.tau(score.schedule.T)
+        uniform = jax.random.uniform(time_key, log_r.shape, u0.dtype)
+        tau = tau_low * jnp.exp(jnp.log(tau_high / tau_low) * uniform)
+        s = score.schedule.inverse_integral(tau)
+        u = perturb_directions(score.noise, u0, tau, noise_key, 16)
+        signs = jax.random.rademacher(slice_key, u.shape, u.dtype)
+
+        def term(u, log_r, s, sign):
+            (drift, g), linear = jax.linearize(_field_and_score(score, log_r, s), u)
+            divergence = jax.vmap(lambda v: jnp.dot(v, linear(v)[0]))(self.masks * sign)
+            return 0.5 * jnp.dot(g, drift) + jnp.sum(divergence)
+
+        terms = jax.vmap(term)(u, log_r, s, signs)
+        return jnp.mean(-CAP * jnp.expm1(-tau / CAP) * terms)
+
+
+class StencilNet(eqx.Module):
+    """`LatticeScoreNet`'s trunk with a 3×3 stencil of v and an offset b as its output."""
+
+    trunk: mp.LatticeScoreNet
+    project: eqx.nn.Conv
+
+    def __init__(self, shape, key):
+        trunk_key, project_key = jax.random.split(key)
+        self.trunk = mp.LatticeScoreNet(shape, key=trunk_key)
+        conv = eqx.nn.Conv(
+            2, 16, len(OFFSETS) + 1, 3, padding="SAME", padding_mode="CIRCULAR", key=project_key
+        )
+        self.project = eqx.tree_at(lambda c: (c.weight, c.bias), conv, replace_fn=jnp.zeros_like)
+
+    def __call__(self, u, z, t):
+        trunk = self.trunk
+        scale = math.sqrt(math.prod(trunk.shape))
+        condition = trunk.condition(jnp.concatenate([jnp.reshape(z, (1,)), trunk.features(t)]))
+        v = scale * u.reshape((1, *trunk.shape))
+        h = periodic_conv(trunk.lift, trunk._channels(v))
+        for block in trunk.blocks:
+            h = block(h, condition)
+        out = periodic_conv(self.project, jax.nn.swish(h))
+        shifted = jnp.stack([jnp.roll(v[0], offset, axis=(0, 1)) for offset in OFFSETS])
+        return scale * (jnp.sum(out[:-1] * shifted, axis=0) + out[-1]).ravel()
+
+
+def variant(name: str, tau_high: float):
+    """(network, loss) of a variant."""
+    shape, key = (SIDE, SIDE), jax.random.key(7)
+    default_loss = WindowLoss(tau_high, CAP)
+    return {
+        "default": lambda: (mp.LatticeScoreNet(shape, key=key), default_loss),
+        "colour-probed slices": lambda: (
+            mp.LatticeScoreNet(shape, key=key),
+            ColourProbedLoss(colour_masks(SIDE, 2)),
+        ),
+        "stencil output": lambda: (StencilNet(shape, key), default_loss),
+        "32 channels": lambda: (mp.LatticeScoreNet(shape, key=key, channels=32), default_loss),
+    }[name]()
+
+
+VARIANTS = ["default", "colour-probed slices", "stencil output", "32 channels"]
+
+
+def run(steps: int, names: list[str]) -> list[dict]:
+    train = with_energy(fields(jax.random.key(0), 512, SIDE))
+    rows = []
+    for name in names:
+        model = mp.MSGM.build(
+            train,
+            key=jax.random.key(1),
+            noise=mp.LatticeNoise((SIDE, SIDE)),
+            net=mp.LatticeScoreNet((SIDE, SIDE), key=jax.random.key(7)),
+        )
+        net, loss = variant(name, float(model.score.tau(model.score.schedule.T)))
+        model = model.with_network(net)
+        start = time.perf_counter()
+        net, history = fit_network(
+            net,
+            NetworkLoss(model.score, loss),
+            model.training_data(train),
+            key=jax.random.key(9),
+            max_steps=steps,
+            batch_size=model.default_batch_size(),
+            optimizer=make_optimizer(cosine_learning_rate(steps), None),
+            patience=None,
+            eval_every=250,
+            progress=False,
+        )
+        row = {
+            "variant": name,
+            "training_seconds": time.perf_counter() - start,
+            "validation_loss": np.asarray(history.validation_loss).tolist(),
+            "reverse": reverse_rows(model.with_network(net, history), [0.3, 3.0, 10.0], 256)[1:],
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    parser.add_argument("--output", help="default: results/lattice_score_variants.json")
+    args = parser.parse_args()
+    write_rows(args, run(args.steps, args.variants), "lattice_score_variants.json")
+
+
+if __name__ == "__main__":
+    main()
