@@ -57,7 +57,7 @@ class SDESampler(eqx.Module):
     @property
     def noise_share(self) -> float:
         """η², the share of the reverse SDE's noise variance that each step keeps."""
-        return float(self.stochasticity) ** 2
+        return self.stochasticity**2
 
 
 @serializable
