@@ -115,6 +115,7 @@ def nuts(model, key, *model_args, warmup: int = 1000, draws: int = 2000) -> dict
     )
     start = time.perf_counter()
     mcmc.run(key, *model_args)
+    jax.block_until_ready(mcmc.get_samples())  # run returns before vectorised chains finish
     seconds = time.perf_counter() - start
     posterior = az.from_numpyro(mcmc)
     return {
