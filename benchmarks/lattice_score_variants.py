@@ -33,12 +33,11 @@ import numpy as np
 from _machine import write_rows
 from inverse_fields import fields, with_energy
 from lattice_reverse import reverse_rows
-from lattice_weighting import WindowLoss
+from lattice_weighting import WindowLoss, fixed_budget_fit
 
 import msgm_pp as mp
 from msgm_pp.losses import _field_and_score, perturb_directions
 from msgm_pp.nets import periodic_conv
-from msgm_pp.training import NetworkLoss, cosine_learning_rate, fit_network, make_optimizer
 
 SIDE, CAP = 32, 0.5
 OFFSETS = list(itertools.product((-1, 0, 1), repeat=2))
@@ -133,18 +132,7 @@ def run(steps: int, names: list[str]) -> list[dict]:
         net, loss = variant(name, float(model.score.tau(model.score.schedule.T)))
         model = model.with_network(net)
         start = time.perf_counter()
-        net, history = fit_network(
-            net,
-            NetworkLoss(model.score, loss),
-            model.training_data(train),
-            key=jax.random.key(9),
-            max_steps=steps,
-            batch_size=model.default_batch_size(),
-            optimizer=make_optimizer(cosine_learning_rate(steps), None),
-            patience=None,
-            eval_every=250,
-            progress=False,
-        )
+        net, history = fixed_budget_fit(model, net, loss, train, steps)
         row = {
             "variant": name,
             "training_seconds": time.perf_counter() - start,

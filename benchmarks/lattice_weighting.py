@@ -73,6 +73,23 @@ class WindowLoss(eqx.Module):
         return jnp.mean(weight * terms)
 
 
+def fixed_budget_fit(model, net, loss, train, steps: int):
+    """(net, history): `steps` steps of `loss` from `net` on `model`'s score, cosine schedule,
+    no early stopping, the best validated parameters kept."""
+    return fit_network(
+        net,
+        NetworkLoss(model.score, loss),
+        model.training_data(train),
+        key=jax.random.key(9),
+        max_steps=steps,
+        batch_size=model.default_batch_size(),
+        optimizer=make_optimizer(cosine_learning_rate(steps), None),
+        patience=None,
+        eval_every=250,
+        progress=False,
+    )
+
+
 def run(side: int, steps: int, taus: list[float], forward_steps: int, variants: list[str]):
     train = fields(jax.random.key(0), 512, side)
     train = with_energy(train)
@@ -84,17 +101,8 @@ def run(side: int, steps: int, taus: list[float], forward_steps: int, variants: 
         model = mp.MSGM.build(train, key=jax.random.key(1), noise=noise, net=net)
         tau_high = float(model.score.tau(model.score.schedule.T)) if tau_high is None else tau_high
         start = time.perf_counter()
-        net, history = fit_network(
-            model.score.net,
-            NetworkLoss(model.score, WindowLoss(tau_high, cap, forward_steps)),
-            model.training_data(train),
-            key=jax.random.key(9),
-            max_steps=steps,
-            batch_size=model.default_batch_size(),
-            optimizer=make_optimizer(cosine_learning_rate(steps), None),
-            patience=None,
-            eval_every=250,
-            progress=False,
+        net, history = fixed_budget_fit(
+            model, model.score.net, WindowLoss(tau_high, cap, forward_steps), train, steps
         )
         row = {
             "variant": name,
