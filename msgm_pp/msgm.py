@@ -174,7 +174,7 @@ class MSGM(ScoreBasedDistribution):
                 :class:`~msgm_pp.CoordinateScaling`. With "none", a UserWarning recommends
                 "robust" when the columns' robust scales differ more than 10-fold or a median
                 lies more than one scale from the origin.
-            t_eps: the smallest diffusion time, where sampling stops.
+            t_eps: the smallest diffusion time, where sampling stops and `log_prob` starts.
             sampler, density: the settings of `sample` and `log_prob` (see the class docstring).
 
         Returns:
@@ -238,6 +238,27 @@ class MSGM(ScoreBasedDistribution):
         log_r = log_norm(y)
         return y / jnp.exp(log_r)[:, None], log_r
 
+    def tail_weights(self, data, emphasis: float):
+        """Sampling weights of the rows of `data` that draw large norms more often, for
+        :func:`msgm_pp.train`'s `row_weights`: the row whose norm has rank k (0 for the smallest)
+        of n gets w ∝ (1 − k/n)^(−γ), γ = `emphasis`, so the top fraction q of the norms gets
+        about q^(1−γ) of the draws for large n (γ = 0.5: the top 1% gets 9–10%). None for γ = 0.
+
+        The forward process keeps every norm, so weighting the data by a function of the norm
+        leaves the law of x₀ given x_s unchanged, and with it the minimiser of every
+        score-matching loss: the learned law stays the same, while the network's effort moves to
+        large norms, where heavy-tailed data are sparse and their angular law is narrowest.
+        """
+        if isinstance(emphasis, bool) or not isinstance(emphasis, (int, float)):
+            raise TypeError(f"`tail_emphasis` must be a number in [0, 1), got {emphasis!r}.")
+        if not 0 <= emphasis < 1:
+            raise ValueError(f"`tail_emphasis` must lie in [0, 1), got {emphasis!r}.")
+        if emphasis == 0:
+            return None
+        log_r = np.asarray(self.training_data(data)[1])
+        rank = np.searchsorted(np.sort(log_r), log_r)  # equal norms, equal weights
+        return (1.0 - rank / rank.size) ** (-float(emphasis))
+
     def loss(self, name=None, *, forward_steps: int = 16, weighting: str | None = None):
         """The score-matching loss `name` for this model's noise: "dsm", "ssm" or "ism"; None picks
         "dsm" where its exact target exists (isotropic noise, d <= 32) and "ssm" otherwise.
@@ -295,6 +316,7 @@ class MSGM(ScoreBasedDistribution):
         t_eps: float = 1e-3,
         forward_steps: int = 16,
         weighting: str | None = None,
+        tail_emphasis: float = 0.0,
         sampler=None,
         density=None,
         progress: bool | None = None,
@@ -315,6 +337,8 @@ class MSGM(ScoreBasedDistribution):
                 "likelihood" otherwise. The 0.2 keyword
                 `weighted` still works, with a DeprecationWarning (True is "variance", False
                 "none").
+            tail_emphasis: γ in [0, 1): draw training rows with the largest norms more often, by
+                :meth:`tail_weights`, which leaves the learned law unchanged (0: uniform draws).
             learning_rate, clip_norm: for the default Adam optimiser: a number, an optax schedule,
                 or None for :func:`~msgm_pp.training.cosine_learning_rate` (peak 3e-3); or pass
                 any optax `optimizer`.
@@ -367,6 +391,7 @@ class MSGM(ScoreBasedDistribution):
                 eval_every=eval_every,
                 validation=validation,
                 ema_decay=ema_decay,
+                row_weights=model.tail_weights(data, tail_emphasis),
                 progress=progress,
             ),
             settings=dict(
@@ -376,7 +401,8 @@ class MSGM(ScoreBasedDistribution):
                 norm=norm,
                 norm_options=json.dumps(norm_options or {}, sort_keys=True),
                 normalization=normalization if isinstance(normalization, str) else "custom",
-                t_eps=float(t_eps),
+                t_eps=model.score.t_eps,
+                tail_emphasis=float(tail_emphasis),
                 forward_steps=forward_steps,
                 weighting=loss.weighting,
                 validation=model._validation_name(validation),

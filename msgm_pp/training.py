@@ -3,7 +3,8 @@
 :func:`train` trains the network of a built model (`MSGM.build`, `SGM.build`) on data: it asks the
 model for its loss and training arrays and runs :func:`fit_network`, which optimises the inexact arrays of `net` against `loss(net, batch, key)`:
 
-- minibatches of `batch_size` rows are drawn with replacement inside the compiled step, and
+- minibatches of `batch_size` rows are drawn with replacement inside the compiled step (uniformly,
+  or in proportion to `row_weights`), and
   `eval_every` steps run as one `lax.scan`, so Python is entered only between evaluations;
 - a validation split (fixed at the start) is scored after each chunk with a fixed key (common
   random numbers, so successive values differ by the parameters only), by the loss or by a
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from msgm_pp._checks import check_key, check_positive_int, warn_caller
+from msgm_pp._checks import check_key, check_positive_int, describe_indices, warn_caller
 from msgm_pp._progress import progress_bar
 from msgm_pp.devices import batch_sharding
 from msgm_pp.serialization import serializable
@@ -151,6 +152,27 @@ def validation_repeats(num_rows: int, row_size: int, validation_size: int | None
     return math.ceil(validation_size / max(num_rows, 1))
 
 
+def _row_probabilities(row_weights, num_rows: int, train_rows):
+    """The training rows' sampling probabilities from `row_weights` (None: uniform draws)."""
+    if row_weights is None:
+        return None
+    weights = np.asarray(row_weights, dtype=np.float64)
+    if weights.shape != (num_rows,):
+        raise ValueError(
+            f"`row_weights` must hold one weight per row of the data, shape ({num_rows},); "
+            f"got shape {weights.shape}."
+        )
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise ValueError(
+            f"`row_weights` must be finite and >= 0; rows {describe_indices(bad)} are not."
+        )
+    training_weights = weights[np.asarray(train_rows)]
+    if not training_weights.sum() > 0:
+        raise ValueError("`row_weights` gives weight 0 to every training row.")
+    return jnp.asarray(training_weights / training_weights.sum(), jnp.float32)
+
+
 def _tree_all_finite(tree):
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
@@ -160,19 +182,31 @@ def _select(flag, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
-@eqx.filter_jit
-def _train_chunk(
-    params, average, static, opt_state, optimizer, loss, data, keys, batch_size, ema_decay, sharding
-):
-    num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
+class _Minibatches(eqx.Module):
+    """Draws `batch_size` rows with replacement: uniformly, or with the given probabilities."""
 
+    batch_size: int = eqx.field(static=True)
+    probabilities: jax.Array | None
+    sharding: object = eqx.field(static=True)
+
+    def __call__(self, key, data):
+        num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
+        if self.probabilities is None:
+            rows = jax.random.randint(key, (self.batch_size,), 0, num_rows)
+        else:
+            rows = jax.random.choice(key, num_rows, (self.batch_size,), p=self.probabilities)
+        batch = jax.tree_util.tree_map(lambda a: a[rows], data)
+        if self.sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, self.sharding)
+        return batch
+
+
+@eqx.filter_jit
+def _train_chunk(params, average, static, opt_state, optimizer, loss, data, keys, draw, ema_decay):
     def step(carry, key):
         params, average, opt_state, finite = carry
         batch_key, loss_key = jax.random.split(key)
-        rows = jax.random.randint(batch_key, (batch_size,), 0, num_rows)
-        batch = jax.tree_util.tree_map(lambda a: a[rows], data)
-        if sharding is not None:
-            batch = jax.lax.with_sharding_constraint(batch, sharding)
+        batch = draw(batch_key, data)
         value, grads = jax.value_and_grad(lambda p: loss(eqx.combine(p, static), batch, loss_key))(
             params
         )
@@ -214,6 +248,7 @@ def fit_network(
     validation_size: int | None = None,
     validation=None,
     ema_decay: float | None = None,
+    row_weights=None,
     progress: bool | None = None,
 ):
     """Minimise `loss(net, batch, key)` over the inexact arrays of `net`; see the module docstring.
@@ -239,6 +274,9 @@ def fit_network(
         ema_decay: keep an exponential moving average of the parameters, a ← decay a + (1 −
             decay) θ after every step, and validate and return the average instead of θ (None:
             no average).
+        row_weights: (rows,) finite weights >= 0: minibatch rows are drawn with probability
+            proportional to their weight among the training rows (None: uniformly). The
+            validation rows are scored unweighted.
         progress: True for a progress bar, False for none; None chooses by where the output
             goes (a bar in a terminal or notebook, a line every 30 s in a log, nothing in CI).
 
@@ -253,11 +291,15 @@ def fit_network(
     if ema_decay is not None and not 0 < ema_decay < 1:
         raise ValueError(f"`ema_decay` must lie in (0, 1) or be None, got {ema_decay!r}.")
     optimizer = make_optimizer(cosine_learning_rate(max_steps)) if optimizer is None else optimizer
-    sharding = batch_sharding(batch_size)
     split_key, validation_key, train_key = jax.random.split(check_key(key), 3)
     num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
     train_rows, validation_rows = split_validation(split_key, num_rows, validation_fraction)
     train_data = jax.tree_util.tree_map(lambda a: a[train_rows], data)
+    draw = _Minibatches(
+        batch_size,
+        _row_probabilities(row_weights, num_rows, train_rows),
+        batch_sharding(batch_size),
+    )
     validation_data = jax.tree_util.tree_map(lambda a: a[validation_rows], data)
     row_size = math.prod(jax.tree_util.tree_leaves(data)[0].shape[1:])
     if validation is None:
@@ -294,9 +336,8 @@ def fit_network(
                 loss,
                 train_data,
                 keys,
-                batch_size,
+                draw,
                 ema_decay,
-                sharding,
             )
             values, finite_steps = np.asarray(values), np.asarray(finite_steps)
             if not finite_steps.all():
@@ -357,6 +398,7 @@ def fit_network(
             ("patience", patience),
             ("eval_every", eval_every),
             ("ema_decay", ema_decay),
+            ("row_weights", "none" if row_weights is None else "custom"),
         ),
     )
     return eqx.combine(best_params, static), history
@@ -376,6 +418,7 @@ def train(
     eval_every: int = 500,
     validation=None,
     ema_decay: float | None = None,
+    row_weights=None,
     progress: bool | None = None,
 ):
     """Train the network of `model` (an MSGM or SGM, e.g. from `MSGM.build`) on `data`.
@@ -391,6 +434,9 @@ def train(
         max_steps: optimiser steps at most; None takes `model.default_max_steps()`.
         validation: the early-stopping criterion, a name that `model.validation_criterion`
             knows ("likelihood" or "loss") or None for the model's default.
+        row_weights: sampling weights of the rows of `data` (see :func:`fit_network`). For an
+            MSGM, weights that depend on the norm alone leave the learned law unchanged (see
+            `MSGM.tail_weights`); any other weights change the law that is learned.
         validation_fraction, patience, eval_every, ema_decay, progress: see :func:`fit_network`.
 
     Returns:
@@ -409,6 +455,7 @@ def train(
         eval_every=eval_every,
         validation=model.validation_criterion(validation),
         ema_decay=ema_decay,
+        row_weights=row_weights,
         progress=progress,
     )
     return model.with_network(net, history)

@@ -211,16 +211,77 @@ def test_build_then_train_is_fit(cauchy):
     _, data, _ = cauchy
     settings = dict(max_steps=20, eval_every=10, progress=False)
     key = jax.random.key(3)
-    fitted = mp.MSGM.fit(data[:400], key=key, **settings)
+    fitted = mp.MSGM.fit(data[:400], key=key, tail_emphasis=0.5, **settings)
     built = mp.MSGM.build(data[:400], key=key)
     assert isinstance(built.noise, mp.IsotropicNoise) and built.history is None
-    trained = mp.train(built, data[:400], key=jax.random.split(key, 3)[2], **settings)
+    rows = built.tail_weights(data[:400], 0.5)
+    trained = mp.train(
+        built, data[:400], key=jax.random.split(key, 3)[2], row_weights=rows, **settings
+    )
     for a, b in zip(
         jax.tree.leaves(eqx.filter(fitted.score, eqx.is_array)),
         jax.tree.leaves(eqx.filter(trained.score, eqx.is_array)),
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_tail_weights_give_the_top_norms_their_share_and_depend_on_the_norm_only(cauchy):
+    """Weights ∝ (1 − rank/n)^(−γ): the top fraction q of the norms gets Σ_{j<=qn} j^(−γ) /
+    Σ_{j<=n} j^(−γ) of the draws, about q^(1−γ); rows with equal norms get equal weights."""
+    _, _, model = cauchy
+    n = 10_000
+    directions = jax.random.normal(jax.random.key(0), (n, 4))
+    norms = jnp.exp(jnp.linspace(-3.0, 3.0, n))
+    rows = directions / jnp.linalg.norm(directions, axis=1, keepdims=True) * norms[:, None]
+    for emphasis in (0.25, 0.5, 0.75):
+        weights = model.tail_weights(rows, emphasis)
+        assert np.all(np.diff(weights) > 0)
+        top = np.arange(1, n // 100 + 1) ** -emphasis
+        everything = np.arange(1, n + 1) ** -emphasis
+        np.testing.assert_allclose(
+            weights[-100:].sum() / weights.sum(), top.sum() / everything.sum(), rtol=1e-6
+        )
+        if emphasis <= 0.5:  # the share tends to q^(1−γ) as n grows, slowly for γ near 1
+            assert abs(top.sum() / everything.sum() - 0.01 ** (1 - emphasis)) < 0.01
+    mirrored = model.tail_weights(jnp.concatenate([rows[:50], -rows[:50]]), 0.5)
+    np.testing.assert_array_equal(mirrored[:50], mirrored[50:])
+    assert model.tail_weights(rows, 0.0) is None
+
+
+@pytest.mark.parametrize(
+    "emphasis, error",
+    [
+        (1.0, ValueError),
+        (-0.1, ValueError),
+        (float("nan"), ValueError),
+        (True, TypeError),
+        ("0.5", TypeError),
+    ],
+)
+def test_bad_tail_emphasis_is_refused(cauchy, emphasis, error):
+    _, data, model = cauchy
+    with pytest.raises(error, match="tail_emphasis"):
+        model.tail_weights(data[:10], emphasis)
+
+
+def test_fit_records_its_tail_emphasis_and_t_eps(cauchy):
+    _, data, model = cauchy
+    settings = dict(model.history.settings)
+    assert settings["tail_emphasis"] == 0.0 and settings["row_weights"] == "none"
+    assert settings["t_eps"] == model.score.t_eps == 1e-3
+    emphasised = mp.MSGM.fit(
+        data[:400],
+        key=jax.random.key(0),
+        tail_emphasis=0.5,
+        t_eps=1e-5,
+        max_steps=10,
+        eval_every=10,
+        progress=False,
+    )
+    settings = dict(emphasised.history.settings)
+    assert settings["tail_emphasis"] == 0.5 and settings["row_weights"] == "custom"
+    assert settings["t_eps"] == emphasised.score.t_eps == 1e-5
 
 
 def test_old_spellings_warn_and_still_work(cauchy):
