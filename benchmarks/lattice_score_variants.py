@@ -89,13 +89,8 @@ class StencilNet(eqx.Module):
         self.project = eqx.tree_at(lambda c: (c.weight, c.bias), conv, replace_fn=jnp.zeros_like)
 
     def __call__(self, u, z, t):
-        trunk = self.trunk
-        scale = math.sqrt(math.prod(trunk.shape))
-        condition = trunk.condition(jnp.concatenate([jnp.reshape(z, (1,)), trunk.features(t)]))
-        v = scale * u.reshape((1, *trunk.shape))
-        h = periodic_conv(trunk.lift, trunk._channels(v))
-        for block in trunk.blocks:
-            h = block(h, condition)
+        scale = math.sqrt(math.prod(self.trunk.shape))
+        v, h = self.trunk.hidden_features(u, z, t)
         out = periodic_conv(self.project, jax.nn.swish(h))
         shifted = jnp.stack([jnp.roll(v[0], offset, axis=(0, 1)) for offset in OFFSETS])
         return scale * (jnp.sum(out[:-1] * shifted, axis=0) + out[-1]).ravel()

@@ -299,13 +299,18 @@ class LatticeScoreNet(eqx.Module):
             odd, even = v, v**2 - 1.0
         return jnp.concatenate([odd, even]) if self.multiplicative else odd
 
-    def __call__(self, u, z, t):
-        scale = math.sqrt(math.prod(self.shape))
+    def hidden_features(self, u, z, t):
+        """(v, h): the field v = u·√d as (1, *shape) and the last block's (channels, *shape)
+        features, before the output layer."""
         condition = self.condition(jnp.concatenate([jnp.reshape(z, (1,)), self.features(t)]))
-        v = scale * u.reshape((1, *self.shape))
+        v = math.sqrt(math.prod(self.shape)) * u.reshape((1, *self.shape))
         h = periodic_conv(self.lift, self._channels(v))
         for block in self.blocks:
             h = block(h, condition)
+        return v, h
+
+    def __call__(self, u, z, t):
+        v, h = self.hidden_features(u, z, t)
         out = periodic_conv(self.project, jax.nn.swish(h))
         g = out[0] * v[0] + out[1] if self.multiplicative else out[0]
-        return scale * g.ravel()
+        return math.sqrt(math.prod(self.shape)) * g.ravel()
