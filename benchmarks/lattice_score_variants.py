@@ -36,7 +36,7 @@ from lattice_reverse import reverse_rows
 from lattice_weighting import WindowLoss, fixed_budget_fit
 
 import msgm_pp as mp
-from msgm_pp.losses import _field_and_score, perturb_directions
+from msgm_pp.losses import _field_and_score
 from msgm_pp.nets import periodic_conv
 
 SIDE, CAP = 32, 0.5
@@ -50,28 +50,20 @@ def colour_masks(side: int, period: int) -> jax.Array:
     return jnp.asarray(np.stack([(colour == c).ravel() for c in range(period**2)]), jnp.float32)
 
 
-class ColourProbedLoss(eqx.Module):
-    """`WindowLoss` over all τ with the cap, its divergence estimated with colour-split slices."""
+class ColourProbedLoss(WindowLoss):
+    """`WindowLoss` with its divergence estimated with colour-split slices."""
 
-    masks: jax.Array
+    masks: jax.Array = eqx.field(kw_only=True)
 
-    def __call__(self, score, batch, key):
-        u0, log_r = batch
-        time_key, noise_key, slice_key = jax.random.split(key, 3)
-        tau_low, tau_high = score.tau(score.t_eps), score.tau(score.schedule.T)
-        uniform = jax.random.uniform(time_key, log_r.shape, u0.dtype)
-        tau = tau_low * jnp.exp(jnp.log(tau_high / tau_low) * uniform)
-        s = score.schedule.inverse_integral(tau)
-        u = perturb_directions(score.noise, u0, tau, noise_key, 16)
-        signs = jax.random.rademacher(slice_key, u.shape, u.dtype)
+    def terms(self, score, u, log_r, s, key):
+        signs = jax.random.rademacher(key, u.shape, u.dtype)
 
         def term(u, log_r, s, sign):
             (drift, g), linear = jax.linearize(_field_and_score(score, log_r, s), u)
             divergence = jax.vmap(lambda v: jnp.dot(v, linear(v)[0]))(self.masks * sign)
             return 0.5 * jnp.dot(g, drift) + jnp.sum(divergence)
 
-        terms = jax.vmap(term)(u, log_r, s, signs)
-        return jnp.mean(-CAP * jnp.expm1(-tau / CAP) * terms)
+        return jax.vmap(term)(u, log_r, s, signs)
 
 
 class StencilNet(eqx.Module):
@@ -104,7 +96,7 @@ def variant(name: str, tau_high: float):
         "default": lambda: (mp.LatticeScoreNet(shape, key=key), default_loss),
         "colour-probed slices": lambda: (
             mp.LatticeScoreNet(shape, key=key),
-            ColourProbedLoss(colour_masks(SIDE, 2)),
+            ColourProbedLoss(tau_high, CAP, masks=colour_masks(SIDE, 2)),
         ),
         "stencil output": lambda: (StencilNet(shape, key), default_loss),
         "32 channels": lambda: (mp.LatticeScoreNet(shape, key=key, channels=32), default_loss),

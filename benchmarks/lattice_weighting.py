@@ -67,10 +67,14 @@ class WindowLoss(eqx.Module):
         tau = tau_low * jnp.exp(jnp.log(self.tau_high / tau_low) * uniform)
         s = score.schedule.inverse_integral(tau)
         u = perturb_directions(score.noise, u0, tau, noise_key, self.forward_steps)
-        v = jax.random.rademacher(slice_key, u.shape, u.dtype)
-        terms = jax.vmap(_ssm_term, in_axes=(None, 0, 0, 0, 0))(score, u, log_r, s, v)
+        terms = self.terms(score, u, log_r, s, slice_key)
         weight = tau if self.cap is None else -self.cap * jnp.expm1(-tau / self.cap)
         return jnp.mean(weight * terms)
+
+    def terms(self, score, u, log_r, s, key):
+        """The sliced score-matching term of each noised direction, one Rademacher slice each."""
+        v = jax.random.rademacher(key, u.shape, u.dtype)
+        return jax.vmap(_ssm_term, in_axes=(None, 0, 0, 0, 0))(score, u, log_r, s, v)
 
 
 def fixed_budget_fit(model, net, loss, train, steps: int):
