@@ -142,19 +142,23 @@ def check_times(s, n: int | None, name: str = "s"):
         want = "a scalar" if n is None else f"a scalar or shape ({n},)"
         raise ValueError(f"`{name}` must be {want}, got shape {s.shape}.")
     if is_concrete(s):
-        values = np.atleast_1d(np.asarray(s))
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise ValueError(
-                f"`{name}` has NaN or inf at indices {describe_indices(np.flatnonzero(bad))}."
-            )
-        negative = values < 0
-        if negative.any():
-            raise ValueError(
-                f"`{name}` must be >= 0; it is negative at indices "
-                f"{describe_indices(np.flatnonzero(negative))} (e.g. {values[negative][0]:g})."
-            )
+        check_finite_nonnegative(np.atleast_1d(np.asarray(s)), name)
     return s
+
+
+def check_finite_nonnegative(values: np.ndarray, name: str, where: str = "indices") -> None:
+    """Refuse NaN, inf or negative entries of the 1-D `values`, naming their positions."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(
+            f"`{name}` has NaN or inf at {where} {describe_indices(np.flatnonzero(bad))}."
+        )
+    negative = values < 0
+    if negative.any():
+        raise ValueError(
+            f"`{name}` must be >= 0; it is negative at {where} "
+            f"{describe_indices(np.flatnonzero(negative))} (e.g. {values[negative][0]:g})."
+        )
 
 
 def check_positive_int(value, name: str) -> int:

@@ -30,7 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from msgm_pp._checks import check_key, check_positive_int, describe_indices, warn_caller
+from msgm_pp._checks import (
+    check_finite_nonnegative,
+    check_key,
+    check_positive_int,
+    warn_caller,
+)
 from msgm_pp._progress import progress_bar
 from msgm_pp.devices import batch_sharding
 from msgm_pp.serialization import serializable
@@ -162,11 +167,7 @@ def _row_probabilities(row_weights, num_rows: int, train_rows):
             f"`row_weights` must hold one weight per row of the data, shape ({num_rows},); "
             f"got shape {weights.shape}."
         )
-    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
-    if bad.size:
-        raise ValueError(
-            f"`row_weights` must be finite and >= 0; rows {describe_indices(bad)} are not."
-        )
+    check_finite_nonnegative(weights, "row_weights", where="rows")
     training_weights = weights[np.asarray(train_rows)]
     if not training_weights.sum() > 0:
         raise ValueError("`row_weights` gives weight 0 to every training row.")
