@@ -38,10 +38,12 @@ from msgm_pp._checks import (
 )
 from msgm_pp._progress import progress_bar
 from msgm_pp.density import ExactTrace, HutchinsonTrace, ODEDensity, check_density
+from msgm_pp.nets import hidden_weights
 from msgm_pp.samplers import ODESampler, SDESampler, check_sampler
 from msgm_pp.serialization import save
 from msgm_pp.training import (
     NetworkLoss,
+    check_weight_decay,
     cosine_learning_rate,
     make_optimizer,
     optimizer_settings,
@@ -122,27 +124,34 @@ def split_training(options: dict, max_steps: int):
     return options, {"max_steps": max_steps}
 
 
-def fit_built(model, data, *, key, loss, learning_rate, clip_norm, optimizer, training, settings):
+def fit_built(
+    model, data, *, key, loss, learning_rate, clip_norm, weight_decay, optimizer, training, settings
+):
     """What `MSGM.fit` and `SGM.fit` do after `build`: train with the default Adam unless an
     optimizer is given (with the learning rate `cosine_learning_rate(max_steps)` when
-    `learning_rate` is None), and record the settings in the history."""
+    `learning_rate` is None, and `model.default_weight_decay()` when `weight_decay` is None), and
+    record the settings in the history."""
+    if optimizer is not None and weight_decay is not None:
+        raise ValueError(
+            "`weight_decay` sets the default optimiser's decay; with your own `optimizer`, put the "
+            "decay in it (for instance optax.adamw)."
+        )
     if training["max_steps"] is None:
         training = dict(training, max_steps=model.default_max_steps())
+    chosen = optimizer
     if optimizer is None:
         rate = (
             cosine_learning_rate(training["max_steps"]) if learning_rate is None else learning_rate
         )
-        adam = make_optimizer(rate, clip_norm)
-    trained = train(
-        model,
-        data,
-        key=key,
-        loss=loss,
-        optimizer=adam if optimizer is None else optimizer,
-        **training,
-    )
+        weight_decay = model.default_weight_decay() if weight_decay is None else weight_decay
+        if check_weight_decay(weight_decay) > 0:
+            hidden_weights(model.score.net)  # refuses a network it cannot decay, before training
+        chosen = make_optimizer(rate, clip_norm, weight_decay)
+    trained = train(model, data, key=key, loss=loss, optimizer=chosen, **training)
     history = record_settings(
-        trained.history, **settings, **optimizer_settings(learning_rate, clip_norm, optimizer)
+        trained.history,
+        **settings,
+        **optimizer_settings(learning_rate, clip_norm, weight_decay, optimizer),
     )
     return trained.with_network(trained.score.net, history)
 
@@ -231,6 +240,11 @@ class ScoreBasedDistribution(dist.Distribution):
         """The training steps that `fit` and :func:`msgm_pp.train` take at most when not told:
         20000 (benchmarks/density.py measures what fewer cost in likelihood)."""
         return 20000
+
+    def default_weight_decay(self) -> float:
+        """The default optimiser's weight decay (see :func:`msgm_pp.training.make_optimizer`): 0,
+        the baseline's recipe as it was measured."""
+        return 0.0
 
     def validation_criterion(self, name=None):
         """The early-stopping criterion (net, rows, key) -> scalar for :func:`msgm_pp.train`, or

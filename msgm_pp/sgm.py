@@ -269,6 +269,7 @@ class SGM(ScoreBasedDistribution):
         batch_size: int | None = None,
         learning_rate=None,
         clip_norm: float | None = None,
+        weight_decay: float | None = None,
         optimizer=None,
         validation_fraction: float = 0.1,
         patience: int | None = 20,
@@ -310,6 +311,7 @@ class SGM(ScoreBasedDistribution):
             loss=loss,
             learning_rate=learning_rate,
             clip_norm=clip_norm,
+            weight_decay=weight_decay,
             optimizer=optimizer,
             training=dict(
                 training,

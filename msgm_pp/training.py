@@ -23,6 +23,7 @@ Everything is a pure function of `key`: the same key gives the same parameters.
 import dataclasses
 import functools
 import math
+import numbers
 
 import equinox as eqx
 import jax
@@ -38,6 +39,7 @@ from msgm_pp._checks import (
 )
 from msgm_pp._progress import progress_bar
 from msgm_pp.devices import batch_sharding
+from msgm_pp.nets import hidden_weight_mask
 from msgm_pp.serialization import serializable
 
 
@@ -75,9 +77,10 @@ def record_settings(history: TrainingHistory, **settings) -> TrainingHistory:
     return dataclasses.replace(history, settings=history.settings + tuple(settings.items()))
 
 
-def optimizer_settings(learning_rate, clip_norm, optimizer) -> dict:
+def optimizer_settings(learning_rate, clip_norm, weight_decay, optimizer) -> dict:
     """How the optimiser was chosen, for `TrainingHistory.settings` (schedules and custom
     optimisers are recorded by kind only)."""
+    default = optimizer is None
     return {
         "learning_rate": (
             "cosine"
@@ -87,7 +90,8 @@ def optimizer_settings(learning_rate, clip_norm, optimizer) -> dict:
             else "schedule"
         ),
         "clip_norm": clip_norm,
-        "optimizer": "adam" if optimizer is None else "custom",
+        "weight_decay": float(weight_decay) if default else None,
+        "optimizer": ("adamw" if weight_decay > 0 else "adam") if default else "custom",
     }
 
 
@@ -112,8 +116,12 @@ def _cosine_learning_rate(max_steps: int, peak: float):
     )
 
 
-def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None):
-    """Adam with an optional global-norm gradient clip; `learning_rate` may be an optax schedule."""
+def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None, weight_decay: float = 0.0):
+    """Adam with an optional global-norm gradient clip; `learning_rate` may be an optax schedule.
+
+    With `weight_decay` λ > 0 it is AdamW: each step also moves the weights w of the network's
+    hidden layers by −η λ w (η the learning rate; decoupled weight decay, Loshchilov & Hutter 2019),
+    the layers that :func:`msgm_pp.nets.hidden_weights` names."""
     if isinstance(learning_rate, bool) or (
         isinstance(learning_rate, int | float) and not 0 < learning_rate < math.inf
     ):
@@ -121,15 +129,27 @@ def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None):
             f"`learning_rate` must be a positive finite number or an optax schedule, got "
             f"{learning_rate!r}."
         )
+    weight_decay = check_weight_decay(weight_decay)
     try:
-        return _adam(learning_rate, clip_norm)
+        return _adam(learning_rate, clip_norm, weight_decay)
     except TypeError:  # an unhashable learning rate (an array) is not cached
-        return _adam.__wrapped__(learning_rate, clip_norm)
+        return _adam.__wrapped__(learning_rate, clip_norm, weight_decay)
+
+
+def check_weight_decay(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`weight_decay` must be a number >= 0, got {value!r}.")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"`weight_decay` must be a finite number >= 0, got {value!r}.")
+    return float(value)
 
 
 @functools.lru_cache(maxsize=64)
-def _adam(learning_rate, clip_norm):
-    adam = optax.adam(learning_rate)
+def _adam(learning_rate, clip_norm, weight_decay):
+    if weight_decay > 0:
+        adam = optax.adamw(learning_rate, weight_decay=weight_decay, mask=hidden_weight_mask)
+    else:
+        adam = optax.adam(learning_rate)
     return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
 
@@ -429,8 +449,8 @@ def train(
         data: the training data, of shape (n,) + the model's event shape.
         key: a JAX PRNG key; the same key gives the same parameters.
         loss: the model's loss (a name or loss object; see `MSGM.fit`); its default when None.
-        optimizer: an optax transformation; Adam with `cosine_learning_rate(max_steps)` when
-            None.
+        optimizer: an optax transformation; None takes `make_optimizer` with
+            `cosine_learning_rate(max_steps)` and the model's `default_weight_decay()`.
         batch_size: rows per step; None takes `model.default_batch_size()`.
         max_steps: optimiser steps at most; None takes `model.default_max_steps()`.
         validation: the early-stopping criterion, a name that `model.validation_criterion`
@@ -443,12 +463,17 @@ def train(
     Returns:
         The model with the trained network and its `TrainingHistory`.
     """
+    max_steps = model.default_max_steps() if max_steps is None else max_steps
+    if optimizer is None:
+        optimizer = make_optimizer(
+            cosine_learning_rate(max_steps), weight_decay=model.default_weight_decay()
+        )
     net, history = fit_network(
         model.score.net,
         model.network_loss(loss),
         model.training_data(data),
         key=key,
-        max_steps=model.default_max_steps() if max_steps is None else max_steps,
+        max_steps=max_steps,
         batch_size=model.default_batch_size() if batch_size is None else batch_size,
         optimizer=optimizer,
         validation_fraction=validation_fraction,

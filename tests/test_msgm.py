@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import stats
 
@@ -247,6 +248,9 @@ def test_tail_weights_give_the_top_norms_their_share_and_depend_on_the_norm_only
     mirrored = model.tail_weights(jnp.concatenate([rows[:50], -rows[:50]]), 0.5)
     np.testing.assert_array_equal(mirrored[:50], mirrored[50:])
     assert model.tail_weights(rows, 0.0) is None
+    np.testing.assert_array_equal(
+        model.tail_weights(rows, np.float32(0.5)), model.tail_weights(rows, 0.5)
+    )
 
 
 @pytest.mark.parametrize(
@@ -282,6 +286,30 @@ def test_fit_records_its_tail_emphasis_and_t_eps(cauchy):
     settings = dict(emphasised.history.settings)
     assert settings["tail_emphasis"] == 0.5 and settings["row_weights"] == "custom"
     assert settings["t_eps"] == emphasised.score.t_eps == 1e-5
+
+
+def test_fit_decays_the_hidden_weights_of_vector_networks_by_default(cauchy):
+    _, data, model = cauchy
+    settings = dict(model.history.settings)
+    assert settings["weight_decay"] == model.default_weight_decay() == 0.1
+    assert settings["optimizer"] == "adamw"
+    plain = mp.MSGM.fit(
+        data[:400], key=jax.random.key(0), weight_decay=0, max_steps=10, progress=False
+    )
+    assert dict(plain.history.settings)["optimizer"] == "adam"
+    fields = jax.random.normal(jax.random.key(0), (256, 4, 4))
+    lattice = mp.MSGM.build(fields, key=jax.random.key(0), noise=mp.LatticeNoise((4, 4)))
+    assert lattice.default_weight_decay() == 0.0
+    assert mp.SGM.build(data[:400], key=jax.random.key(0)).default_weight_decay() == 0.0
+
+
+def test_weight_decay_with_a_custom_optimizer_or_an_mlp_free_net_is_refused(cauchy):
+    _, data, _ = cauchy
+    with pytest.raises(ValueError, match="put the decay in it"):
+        mp.MSGM.fit(data[:400], key=jax.random.key(0), optimizer=optax.adam(1e-3), weight_decay=0.1)
+    fields = jax.random.normal(jax.random.key(0), (256, 4, 4))
+    with pytest.raises(ValueError, match="LatticeScoreNet has none"):
+        mp.MSGM.fit(fields, key=jax.random.key(0), noise=mp.LatticeNoise((4, 4)), weight_decay=0.1)
 
 
 def test_old_spellings_warn_and_still_work(cauchy):

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+import msgm_pp as mp
 from msgm_pp import training as train
 
 
@@ -107,6 +108,31 @@ def test_a_fit_that_improves_does_not_warn():
 def test_bad_learning_rates_are_refused(rate):
     with pytest.raises(ValueError, match="`learning_rate` must be a positive finite number"):
         train.make_optimizer(rate)
+
+
+def test_weight_decay_shrinks_the_hidden_weights_only():
+    """AdamW's decoupled decay: with zero gradients a step moves each weight w of the layers after
+    the first by −η λ w, and leaves the first layer (which reads u, z, t) and every bias alone."""
+    net = mp.ScoreMLP(4, key=jax.random.key(0))
+    params = eqx.filter(net, eqx.is_inexact_array)
+    rate, decay = 1e-2, 0.1
+    optimizer = train.make_optimizer(rate, weight_decay=decay)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = optimizer.update(zeros, optimizer.init(params), params)
+    layers, moved = net.mlp.layers, updates.mlp.layers
+    for layer, update in zip(layers[1:], moved[1:], strict=True):
+        np.testing.assert_allclose(update.weight, -rate * decay * layer.weight, rtol=1e-6)
+        assert not np.any(update.bias)
+    assert not np.any(moved[0].weight) and not np.any(moved[0].bias)
+    assert train.make_optimizer(rate, weight_decay=0.0) is train.make_optimizer(rate)
+
+
+@pytest.mark.parametrize(
+    ("decay", "error"), [(-0.1, ValueError), (float("inf"), ValueError), (True, TypeError)]
+)
+def test_bad_weight_decay_is_refused(decay, error):
+    with pytest.raises(error, match="`weight_decay` must be"):
+        train.make_optimizer(1e-3, weight_decay=decay)
 
 
 @pytest.mark.parametrize(
