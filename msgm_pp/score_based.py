@@ -127,7 +127,7 @@ def split_training(options: dict, max_steps: int):
 def fit_built(
     model, data, *, key, loss, learning_rate, clip_norm, weight_decay, optimizer, training, settings
 ):
-    """What `MSGM.fit` and `SGM.fit` do after `build`: train with the default Adam unless an
+    """What `MSGM.fit` and `SGM.fit` do after `build`: train with `make_optimizer` unless an
     optimizer is given (with the learning rate `cosine_learning_rate(max_steps)` when
     `learning_rate` is None, and `model.default_weight_decay()` when `weight_decay` is None), and
     record the settings in the history."""

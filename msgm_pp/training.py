@@ -137,6 +137,7 @@ def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None, weight_de
 
 
 def check_weight_decay(value) -> float:
+    """`value` as a float, refused unless it is a finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`weight_decay` must be a number >= 0, got {value!r}.")
     if not 0 <= value < math.inf:
