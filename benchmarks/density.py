@@ -44,6 +44,8 @@ SGM rows were measured at 64 steps before 0.8 and were not re-run).
 - MSGM (defaults): `mp.MSGM.fit(train, key=...)`.
 - MSGM (tail emphasis 0.5, t_eps 1e-5): `mp.MSGM.fit(train, key=..., tail_emphasis=0.5,
   t_eps=1e-5)`, the option for data whose directions narrow at large norms.
+- MSGM (weight decay 0.1): `mp.MSGM.fit(train, key=..., weight_decay=0.1)`, the option that
+  decays the hidden layers' weights (see benchmarks/weight_decay.py).
 
 Writes benchmarks/results/density.json and density.png.
 """
@@ -167,6 +169,7 @@ SCORE_BASED = {
     "SGM (defaults)": (mp.SGM, {}),
     "MSGM (defaults)": (mp.MSGM, {}),
     "MSGM (tail emphasis 0.5, t_eps 1e-5)": (mp.MSGM, dict(tail_emphasis=0.5, t_eps=1e-5)),
+    "MSGM (weight decay 0.1)": (mp.MSGM, dict(weight_decay=0.1)),
 }
 MODELS = ("Student-t (ML)", "MAF Student-t (flowjax)", "NSF (flowjax)", *SCORE_BASED)
 

@@ -28,7 +28,7 @@ from density import task_data
 
 import msgm_pp as mp
 
-OLD = dict(max_steps=5000, eval_every=250, patience=10, validation="loss", weight_decay=0.0)
+OLD = dict(max_steps=5000, eval_every=250, patience=10, validation="loss")
 RECIPES = {
     "0.2 recipe: variance weighting, Adam 1e-3, 5000 steps, loss validation": dict(
         OLD, weighting="variance", learning_rate=1e-3, noise_scaled=False
@@ -38,8 +38,7 @@ RECIPES = {
     ),
     "+ noise-scaled score": dict(OLD, learning_rate=1e-3),
     "+ likelihood validation": dict(OLD, learning_rate=1e-3, validation="likelihood"),
-    "+ cosine schedule, peak 3e-3, 20000 steps, patience 20 x 500 (0.8)": dict(weight_decay=0.0),
-    "+ weight decay 0.1 on the hidden layers (the defaults)": {},
+    "+ cosine schedule, peak 3e-3, 20000 steps, patience 20 x 500 (the defaults)": {},
     "defaults + t_eps = 1e-4": dict(t_eps=1e-4),
     "defaults + t_eps = 1e-5": dict(t_eps=1e-5),
     "defaults + tail emphasis 0.5": dict(tail_emphasis=0.5),
@@ -49,6 +48,7 @@ RECIPES = {
     "defaults + normalization='robust'": dict(normalization="robust"),
     "defaults + EMA 0.999": dict(ema_decay=0.999),
     "defaults + ScoreMLP width 256": dict(width=256),
+    "defaults + weight decay 0.1 on the hidden layers": dict(weight_decay=0.1),
 }
 
 

@@ -25,7 +25,7 @@ from msgm_pp.coordinates import CoordinateScaling, coordinate_scaling, unit_mism
 from msgm_pp.density import HeldOutNegLogLikelihood, ODEDensity, log_prob_point
 from msgm_pp.latent import Latent
 from msgm_pp.losses import ScoreMatchingLoss, dsm_applies, make_loss
-from msgm_pp.nets import LatticeScoreNet, ScoreMLP, has_hidden_weights
+from msgm_pp.nets import LatticeScoreNet, ScoreMLP
 from msgm_pp.noise import AbstractNoise, DenseNoise, IsotropicNoise, LatticeNoise
 from msgm_pp.norm_models import AbstractNormModel, fit_norm_model
 from msgm_pp.samplers import reverse_directions
@@ -232,18 +232,6 @@ class MSGM(ScoreBasedDistribution):
         field (benchmarks/lattice_defaults.py: 261 s at 8×8 on 2 cores)."""
         return 5000 if isinstance(self.noise, LatticeNoise) else 20000
 
-    def default_weight_decay(self) -> float:
-        """0.1 for vectors: the default optimiser then decays the hidden layers' weights
-        (:func:`msgm_pp.nets.hidden_weights`). Where the data are sparse on the sphere the network
-        fits its training points better than the law and the likelihood validation stops it
-        early; with the decay the held-out likelihood keeps improving (benchmarks/density.py and
-        weight_decay.py: the Student-t at d = 16 from 0.31 to 0.165 nats from the truth, at a
-        cost of 0.01 nats on the paper's task). 0 for a lattice, whose recipe was measured
-        without it, and for a network without hidden MLP layers."""
-        if isinstance(self.noise, LatticeNoise) or not has_hidden_weights(self.score.net):
-            return 0.0
-        return 0.1
-
     def training_data(self, data):
         """(u, ℓ): the unit directions (n, d) and log-norms (n,) of the data's coordinates y that
         the losses take."""
@@ -356,8 +344,8 @@ class MSGM(ScoreBasedDistribution):
             learning_rate, clip_norm, weight_decay: for the default optimiser
                 (:func:`~msgm_pp.training.make_optimizer`): the learning rate, a number, an optax
                 schedule, or None for :func:`~msgm_pp.training.cosine_learning_rate` (peak 3e-3);
-                the decay of the hidden layers' weights, None for :meth:`default_weight_decay`
-                (0 gives plain Adam); or pass any optax `optimizer`.
+                the decay λ of the hidden layers' weights (AdamW), None for
+                :meth:`default_weight_decay` (0: plain Adam); or pass any optax `optimizer`.
             validation: the early-stopping criterion: "likelihood" or "loss"; None picks by
                 dimension (see :meth:`validation_criterion`).
             batch_size: rows per step; None takes :meth:`default_batch_size`.

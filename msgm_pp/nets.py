@@ -64,18 +64,13 @@ def hidden_weights(net) -> list:
     features of u, and decaying it too costs 0.07 nats on the paper's task and 0.9 on the
     correlated Cauchy at d = 16, against 0.01 and nothing when only the later layers are decayed
     (benchmarks/weight_decay.py)."""
-    if not has_hidden_weights(net):
+    if not isinstance(getattr(net, "mlp", None), eqx.nn.MLP):
         raise ValueError(
             f"weight decay acts on the hidden layers of a network's `mlp` (an eqx.nn.MLP), and "
             f"{type(net).__name__} has none; pass weight_decay=0, or an optax `optimizer` with the "
             f"decay you want."
         )
     return [layer.weight for layer in net.mlp.layers[1:]]
-
-
-def has_hidden_weights(net) -> bool:
-    """Whether `net` has the `mlp` (an eqx.nn.MLP) whose :func:`hidden_weights` can be decayed."""
-    return isinstance(getattr(net, "mlp", None), eqx.nn.MLP)
 
 
 def hidden_weight_mask(params):
