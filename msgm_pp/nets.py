@@ -57,8 +57,8 @@ class TimeFeatures(eqx.Module):
 
 
 def hidden_weights(net) -> list:
-    """The weight matrices of `net.mlp`'s layers after the first: where the default optimiser's
-    weight decay acts (:func:`msgm_pp.training.make_optimizer`).
+    """The weight matrices of `net.mlp`'s layers after the first: where the weight decay of
+    :func:`msgm_pp.training.make_optimizer` (and so `MSGM.fit(weight_decay=...)`) acts.
 
     The first layer reads (u, z, t). Where the directions narrow into ridges it has to form sharp
     features of u, and decaying it too costs 0.07 nats on the paper's task and 0.9 on the
