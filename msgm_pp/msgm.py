@@ -15,6 +15,7 @@ A model is made in two steps, which :meth:`MSGM.fit` runs one after the other:
 
 import json
 import numbers
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -305,7 +306,7 @@ class MSGM(ScoreBasedDistribution):
         batch_size: int | None = None,
         learning_rate=None,
         clip_norm: float | None = None,
-        weight_decay: float | None = None,
+        weight_decay: float | Sequence[float] | None = None,
         optimizer=None,
         validation_fraction: float = 0.1,
         patience: int | None = 20,
@@ -345,7 +346,10 @@ class MSGM(ScoreBasedDistribution):
                 (:func:`~msgm_pp.training.make_optimizer`): the learning rate, a number, an optax
                 schedule, or None for :func:`~msgm_pp.training.cosine_learning_rate` (peak 3e-3);
                 the decay λ of the hidden layers' weights (AdamW), None for
-                :meth:`default_weight_decay` (0: plain Adam); or pass any optax `optimizer`.
+                :meth:`default_weight_decay` (0: plain Adam), or a sequence of them, e.g.
+                (0.0, 0.1): one fit with each, same key and validation rows, and the one with
+                the lowest validation score is kept (`history.settings` records the scores;
+                benchmarks/weight_decay.py); or pass any optax `optimizer`.
             validation: the early-stopping criterion: "likelihood" or "loss"; None picks by
                 dimension (see :meth:`validation_criterion`).
             batch_size: rows per step; None takes :meth:`default_batch_size`.

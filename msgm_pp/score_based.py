@@ -17,7 +17,9 @@ through `_point_shape`, and two single-chunk and single-point kernels: `_draw_ch
 which returns n flat draws (n, d), and `_log_prob_point(x, key)` for one flat point x (d,).
 """
 
+import json
 import math
+import numbers
 import warnings
 from typing import ClassVar
 
@@ -130,7 +132,8 @@ def fit_built(
     """What `MSGM.fit` and `SGM.fit` do after `build`: train with `make_optimizer` unless an
     optimizer is given (with the learning rate `cosine_learning_rate(max_steps)` when
     `learning_rate` is None, and `model.default_weight_decay()` when `weight_decay` is None), and
-    record the settings in the history."""
+    record the settings in the history. A sequence of weight decays trains once with each (the
+    same key, so the same validation rows) and keeps the fit with the lowest validation score."""
     if optimizer is not None and weight_decay is not None:
         raise ValueError(
             "`weight_decay` sets the default optimiser's decay; with your own `optimizer`, put the "
@@ -138,21 +141,60 @@ def fit_built(
         )
     if training["max_steps"] is None:
         training = dict(training, max_steps=model.default_max_steps())
-    chosen = optimizer
-    if optimizer is None:
-        rate = (
-            cosine_learning_rate(training["max_steps"]) if learning_rate is None else learning_rate
+    if optimizer is not None:
+        trained = train(model, data, key=key, loss=loss, optimizer=optimizer, **training)
+        recorded = optimizer_settings(learning_rate, clip_norm, None, optimizer)
+        return _with_settings(trained, settings, recorded)
+    rate = cosine_learning_rate(training["max_steps"]) if learning_rate is None else learning_rate
+    candidates = _weight_decays(model, weight_decay, training)
+    fits = {}
+    for decay in candidates:
+        trained = train(
+            model,
+            data,
+            key=key,
+            loss=loss,
+            optimizer=make_optimizer(rate, clip_norm, decay),
+            **training,
         )
-        weight_decay = model.default_weight_decay() if weight_decay is None else weight_decay
-        if check_weight_decay(weight_decay) > 0:
-            hidden_weights(model.score.net)  # refuses a network it cannot decay, before training
-        chosen = make_optimizer(rate, clip_norm, weight_decay)
-    trained = train(model, data, key=key, loss=loss, optimizer=chosen, **training)
-    history = record_settings(
-        trained.history,
-        **settings,
-        **optimizer_settings(learning_rate, clip_norm, weight_decay, optimizer),
-    )
+        fits[decay] = trained
+        if trained.history.stop_reason == "interrupted":  # Ctrl-C ends the search too
+            break
+    if len(candidates) == 1:
+        (decay,) = candidates
+        return _with_settings(
+            fits[decay], settings, optimizer_settings(learning_rate, clip_norm, decay, None)
+        )
+    scores = {decay: float(np.nanmin(fit.history.validation_loss)) for decay, fit in fits.items()}
+    decay = min(scores, key=scores.get)
+    recorded = optimizer_settings(learning_rate, clip_norm, decay, None)
+    recorded["weight_decay_validation"] = json.dumps({str(d): v for d, v in scores.items()})
+    return _with_settings(fits[decay], settings, recorded)
+
+
+def _weight_decays(model, weight_decay, training) -> tuple:
+    """The weight decays to train with: one number, or several to choose from by validation."""
+    if weight_decay is None:
+        return (model.default_weight_decay(),)
+    if isinstance(weight_decay, numbers.Real | str):  # check_weight_decay refuses a string
+        candidates = (weight_decay,)
+    else:
+        candidates = tuple(weight_decay)
+        if not candidates:
+            raise ValueError("`weight_decay` is an empty sequence; give at least one number.")
+        if training["validation_fraction"] == 0:
+            raise ValueError(
+                "choosing among several `weight_decay` values needs validation rows, but "
+                "validation_fraction=0."
+            )
+    candidates = tuple(check_weight_decay(decay) for decay in candidates)
+    if max(candidates) > 0:
+        hidden_weights(model.score.net)  # refuses a network it cannot decay, before training
+    return candidates
+
+
+def _with_settings(trained, settings: dict, recorded: dict):
+    history = record_settings(trained.history, **settings, **recorded)
     return trained.with_network(trained.score.net, history)
 
 

@@ -23,6 +23,8 @@ for its divergence:
     log p(x) = log N(x̃_T; 0, I) + ∫ div(−½ (x̃ + s)) dτ − Σ_i log scale_i.
 """
 
+from collections.abc import Sequence
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -269,7 +271,7 @@ class SGM(ScoreBasedDistribution):
         batch_size: int | None = None,
         learning_rate=None,
         clip_norm: float | None = None,
-        weight_decay: float | None = None,
+        weight_decay: float | Sequence[float] | None = None,
         optimizer=None,
         validation_fraction: float = 0.1,
         patience: int | None = 20,

@@ -1,5 +1,6 @@
 """MSGM.fit and sampling on the paper's task and on isotropic data."""
 
+import json
 import math
 
 import equinox as eqx
@@ -298,6 +299,31 @@ def test_fit_records_its_weight_decay_and_uses_plain_adam_by_default(cauchy):
     )
     assert dict(decayed.history.settings)["optimizer"] == "adamw"
     assert dict(decayed.history.settings)["weight_decay"] == 0.1
+
+
+def test_several_weight_decays_keep_the_fit_with_the_lowest_validation_score(cauchy):
+    """One fit per λ with the same key (so the same validation rows); the kept one is the fit
+    with that λ alone, bit for bit, and its score is the lowest recorded."""
+    _, data, _ = cauchy
+    settings = dict(key=jax.random.key(2), max_steps=60, eval_every=20, progress=False)
+    chosen = mp.MSGM.fit(data[:400], weight_decay=(0.0, 0.5), **settings)
+    recorded = dict(chosen.history.settings)
+    scores = {float(k): v for k, v in json.loads(recorded["weight_decay_validation"]).items()}
+    assert set(scores) == {0.0, 0.5} and recorded["weight_decay"] == min(scores, key=scores.get)
+    alone = mp.MSGM.fit(data[:400], weight_decay=recorded["weight_decay"], **settings)
+    assert float(np.min(alone.history.validation_loss)) == scores[recorded["weight_decay"]]
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter(chosen.score, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(alone.score, eqx.is_array)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="empty sequence"):
+        mp.MSGM.fit(data[:400], weight_decay=(), **settings)
+    with pytest.raises(ValueError, match="needs validation rows"):
+        mp.MSGM.fit(data[:400], weight_decay=[0.0, 0.1], validation_fraction=0.0, **settings)
+    with pytest.raises(TypeError, match="`weight_decay` must be a number"):
+        mp.MSGM.fit(data[:400], weight_decay="0.1", **settings)
 
 
 def test_weight_decay_with_a_custom_optimizer_or_an_mlp_free_net_is_refused(cauchy):
