@@ -72,7 +72,7 @@ def fit(train, seed: int, recipe: dict):
     max_steps = recipe.pop("max_steps", model.default_max_steps())
     optimizer = mp.training.make_optimizer(
         mp.training.cosine_learning_rate(max_steps) if rate is None else rate,
-        weight_decay=recipe.pop("weight_decay", model.default_weight_decay()),
+        weight_decay=recipe.pop("weight_decay", 0.0),
     )
     return mp.train(
         model,

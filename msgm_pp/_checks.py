@@ -4,6 +4,8 @@ Checks run on concrete values only: inside `jit` the arguments are tracers and o
 checked, so the public functions validate before they enter compiled code.
 """
 
+import math
+import numbers
 import os
 import sys
 import warnings
@@ -159,6 +161,15 @@ def check_finite_nonnegative(values: np.ndarray, name: str, where: str = "indice
             f"`{name}` must be >= 0; it is negative at {where} "
             f"{describe_indices(np.flatnonzero(negative))} (e.g. {values[negative][0]:g})."
         )
+
+
+def check_weight_decay(value) -> float:
+    """`value` as a float, refused unless it is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`weight_decay` must be a number >= 0, got {value!r}.")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"`weight_decay` must be a finite number >= 0, got {value!r}.")
+    return float(value)
 
 
 def check_positive_int(value, name: str) -> int:

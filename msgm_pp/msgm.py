@@ -346,7 +346,7 @@ class MSGM(ScoreBasedDistribution):
                 (:func:`~msgm_pp.training.make_optimizer`): the learning rate, a number, an optax
                 schedule, or None for :func:`~msgm_pp.training.cosine_learning_rate` (peak 3e-3);
                 the decay λ of the hidden layers' weights (AdamW), None for
-                :meth:`default_weight_decay` (0: plain Adam), or a sequence of them, e.g.
+                no decay (plain Adam), or a sequence of them, e.g.
                 (0.0, 0.1): one fit with each, same key and validation rows, and the one with
                 the lowest validation score is kept (`history.settings` records the scores;
                 benchmarks/weight_decay.py); or pass any optax `optimizer`.

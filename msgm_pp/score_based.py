@@ -35,6 +35,7 @@ from msgm_pp._checks import (
     check_key,
     check_points,
     check_positive_int,
+    check_weight_decay,
     is_concrete,
     warn_deprecated,
 )
@@ -45,7 +46,6 @@ from msgm_pp.samplers import ODESampler, SDESampler, check_sampler
 from msgm_pp.serialization import save
 from msgm_pp.training import (
     NetworkLoss,
-    check_weight_decay,
     cosine_learning_rate,
     make_optimizer,
     optimizer_settings,
@@ -131,8 +131,8 @@ def fit_built(
 ):
     """What `MSGM.fit` and `SGM.fit` do after `build`: train with `make_optimizer` unless an
     optimizer is given (with the learning rate `cosine_learning_rate(max_steps)` when
-    `learning_rate` is None, and `model.default_weight_decay()` when `weight_decay` is None), and
-    record the settings in the history. A sequence of weight decays trains once with each (the
+    `learning_rate` is None and no weight decay when `weight_decay` is None), and record the
+    settings in the history. A sequence of weight decays trains once with each (the
     same key, so the same validation rows) and keeps the fit with the lowest validation score."""
     if optimizer is not None and weight_decay is not None:
         raise ValueError(
@@ -175,7 +175,7 @@ def fit_built(
 def _weight_decays(model, weight_decay, training) -> tuple:
     """The weight decays to train with: one number, or several to choose from by validation."""
     if weight_decay is None:
-        return (model.default_weight_decay(),)
+        return (0.0,)
     if isinstance(weight_decay, numbers.Real | str):  # check_weight_decay refuses a string
         candidates = (weight_decay,)
     else:
@@ -282,13 +282,6 @@ class ScoreBasedDistribution(dist.Distribution):
         """The training steps that `fit` and :func:`msgm_pp.train` take at most when not told:
         20000 (benchmarks/density.py measures what fewer cost in likelihood)."""
         return 20000
-
-    def default_weight_decay(self) -> float:
-        """The default optimiser's weight decay (see :func:`msgm_pp.training.make_optimizer`): 0.
-        λ = 0.1 on the hidden layers brings the Student-t at d = 16 from 0.31 to 0.165 nats from
-        the truth, but a random walk with Student-t steps at d = 16 from 0.82 to 1.59
-        (benchmarks/weight_decay.py), so it is an option (`fit(weight_decay=0.1)`)."""
-        return 0.0
 
     def validation_criterion(self, name=None):
         """The early-stopping criterion (net, rows, key) -> scalar for :func:`msgm_pp.train`, or

@@ -23,7 +23,6 @@ Everything is a pure function of `key`: the same key gives the same parameters.
 import dataclasses
 import functools
 import math
-import numbers
 
 import equinox as eqx
 import jax
@@ -35,6 +34,7 @@ from msgm_pp._checks import (
     check_finite_nonnegative,
     check_key,
     check_positive_int,
+    check_weight_decay,
     warn_caller,
 )
 from msgm_pp._progress import progress_bar
@@ -134,15 +134,6 @@ def make_optimizer(learning_rate=1e-3, clip_norm: float | None = None, weight_de
         return _adam(learning_rate, clip_norm, weight_decay)
     except TypeError:  # an unhashable learning rate (an array) is not cached
         return _adam.__wrapped__(learning_rate, clip_norm, weight_decay)
-
-
-def check_weight_decay(value) -> float:
-    """`value` as a float, refused unless it is a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`weight_decay` must be a number >= 0, got {value!r}.")
-    if not 0 <= value < math.inf:
-        raise ValueError(f"`weight_decay` must be a finite number >= 0, got {value!r}.")
-    return float(value)
 
 
 @functools.lru_cache(maxsize=64)
@@ -450,8 +441,8 @@ def train(
         data: the training data, of shape (n,) + the model's event shape.
         key: a JAX PRNG key; the same key gives the same parameters.
         loss: the model's loss (a name or loss object; see `MSGM.fit`); its default when None.
-        optimizer: an optax transformation; None takes `make_optimizer` with
-            `cosine_learning_rate(max_steps)` and the model's `default_weight_decay()`.
+        optimizer: an optax transformation; Adam with `cosine_learning_rate(max_steps)` when
+            None.
         batch_size: rows per step; None takes `model.default_batch_size()`.
         max_steps: optimiser steps at most; None takes `model.default_max_steps()`.
         validation: the early-stopping criterion, a name that `model.validation_criterion`
@@ -464,17 +455,12 @@ def train(
     Returns:
         The model with the trained network and its `TrainingHistory`.
     """
-    max_steps = model.default_max_steps() if max_steps is None else max_steps
-    if optimizer is None:
-        optimizer = make_optimizer(
-            cosine_learning_rate(max_steps), weight_decay=model.default_weight_decay()
-        )
     net, history = fit_network(
         model.score.net,
         model.network_loss(loss),
         model.training_data(data),
         key=key,
-        max_steps=max_steps,
+        max_steps=model.default_max_steps() if max_steps is None else max_steps,
         batch_size=model.default_batch_size() if batch_size is None else batch_size,
         optimizer=optimizer,
         validation_fraction=validation_fraction,
