@@ -345,11 +345,11 @@ class MSGM(ScoreBasedDistribution):
             learning_rate, clip_norm, weight_decay: for the default optimiser
                 (:func:`~msgm_pp.training.make_optimizer`): the learning rate, a number, an optax
                 schedule, or None for :func:`~msgm_pp.training.cosine_learning_rate` (peak 3e-3);
-                the decay λ of the hidden layers' weights (AdamW), None for
-                no decay (plain Adam), or a sequence of them, e.g.
-                (0.0, 0.1): one fit with each, same key and validation rows, and the one with
-                the lowest validation score is kept (`history.settings` records the scores;
-                benchmarks/weight_decay.py); or pass any optax `optimizer`.
+                the decay λ of the hidden layers' weights (AdamW), None for no decay (plain
+                Adam), or a sequence of them, e.g. (0.0, 0.1): one fit with each, same key and
+                validation rows, and the one with the lowest validation score is kept
+                (`history.settings` records the scores; benchmarks/weight_decay.py); or pass
+                any optax `optimizer`.
             validation: the early-stopping criterion: "likelihood" or "loss"; None picks by
                 dimension (see :meth:`validation_criterion`).
             batch_size: rows per step; None takes :meth:`default_batch_size`.
