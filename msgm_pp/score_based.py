@@ -127,13 +127,28 @@ def split_training(options: dict, max_steps: int):
 
 
 def fit_built(
-    model, data, *, key, loss, learning_rate, clip_norm, weight_decay, optimizer, training, settings
+    model,
+    data,
+    *,
+    key,
+    loss,
+    learning_rate,
+    clip_norm,
+    weight_decay,
+    optimizer,
+    training,
+    settings,
+    candidates=None,
 ):
     """What `MSGM.fit` and `SGM.fit` do after `build`: train with `make_optimizer` unless an
     optimizer is given (with the learning rate `cosine_learning_rate(max_steps)` when
     `learning_rate` is None and no weight decay when `weight_decay` is None), and record the
-    settings in the history. A sequence of weight decays trains once with each (the
-    same key, so the same validation rows) and keeps the fit with the lowest validation score."""
+    settings in the history.
+
+    Several candidates — a sequence of weight decays, or `candidates`, (label, model, weight
+    decay) triples that share `model`'s norm model and coordinates — are each trained with the same
+    key, so on the same validation rows, and the fit with the lowest validation score is kept;
+    the history records every candidate's score."""
     if optimizer is not None and weight_decay is not None:
         raise ValueError(
             "`weight_decay` sets the default optimiser's decay; with your own `optimizer`, put the "
@@ -146,30 +161,32 @@ def fit_built(
         recorded = optimizer_settings(learning_rate, clip_norm, None, optimizer)
         return _with_settings(trained, settings, recorded)
     rate = cosine_learning_rate(training["max_steps"]) if learning_rate is None else learning_rate
-    candidates = _weight_decays(model, weight_decay, training)
+    if candidates is None:
+        candidates = [
+            (f"weight_decay={decay:g}", model, decay)
+            for decay in _weight_decays(model, weight_decay, training)
+        ]
     fits = {}
-    for decay in candidates:
-        trained = train(
-            model,
-            data,
-            key=key,
-            loss=loss,
-            optimizer=make_optimizer(rate, clip_norm, decay),
-            **training,
-        )
-        fits[decay] = trained
+    for label, start, decay in candidates:
+        optimizer = make_optimizer(rate, clip_norm, decay)
+        trained = train(start, data, key=key, loss=loss, optimizer=optimizer, **training)
+        fits[label] = (trained, decay)
         if trained.history.stop_reason == "interrupted":  # Ctrl-C ends the search too
             break
     if len(candidates) == 1:
-        (decay,) = candidates
-        return _with_settings(
-            fits[decay], settings, optimizer_settings(learning_rate, clip_norm, decay, None)
-        )
-    scores = {decay: float(np.nanmin(fit.history.validation_loss)) for decay, fit in fits.items()}
-    decay = min(scores, key=scores.get)
+        ((trained, decay),) = fits.values()
+        recorded = optimizer_settings(learning_rate, clip_norm, decay, None)
+        return _with_settings(trained, settings, recorded)
+    scores = {
+        label: float(np.nanmin(trained.history.validation_loss))
+        for label, (trained, _) in fits.items()
+    }
+    label = min(scores, key=scores.get)
+    trained, decay = fits[label]
     recorded = optimizer_settings(learning_rate, clip_norm, decay, None)
-    recorded["weight_decay_validation"] = json.dumps({str(d): v for d, v in scores.items()})
-    return _with_settings(fits[decay], settings, recorded)
+    recorded["candidate"] = label
+    recorded["validation_by_candidate"] = json.dumps(scores)
+    return _with_settings(trained, settings, recorded)
 
 
 def _weight_decays(model, weight_decay, training) -> tuple:

@@ -29,6 +29,7 @@ def robust_fit():
         normalization="robust",
         max_steps=600,
         eval_every=200,
+        weight_decay=0.0,
         progress=False,
     )
     return data, model

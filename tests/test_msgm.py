@@ -15,9 +15,11 @@ import msgm_pp as mp
 from msgm_pp import score_based
 from msgm_pp.datasets import CorrelatedCauchy
 from msgm_pp.losses import perturb_directions
+from msgm_pp.msgm import DEFAULT_CANDIDATES
 
 D = 4
-BUDGET = dict(max_steps=1500, eval_every=250, progress=False)
+# One fit (weight_decay=0), the 0.9 default: the three-fit default search has tests of its own.
+BUDGET = dict(max_steps=1500, eval_every=250, weight_decay=0.0, progress=False)
 
 
 def student_t(key, n, d, nu):
@@ -209,11 +211,12 @@ def test_log_prob_survives_jit_of_a_function_returning_the_model(cauchy):
 
 
 def test_build_then_train_is_fit(cauchy):
-    """fit is build followed by train with the same key, and the parts are what build chose."""
+    """fit with one candidate is build followed by train with the same key, and the parts are
+    what build chose."""
     _, data, _ = cauchy
     settings = dict(max_steps=20, eval_every=10, progress=False)
     key = jax.random.key(3)
-    fitted = mp.MSGM.fit(data[:400], key=key, tail_emphasis=0.5, **settings)
+    fitted = mp.MSGM.fit(data[:400], key=key, tail_emphasis=0.5, weight_decay=0.0, **settings)
     built = mp.MSGM.build(data[:400], key=key)
     assert isinstance(built.noise, mp.IsotropicNoise) and built.history is None
     rows = built.tail_weights(data[:400], 0.5)
@@ -289,16 +292,27 @@ def test_fit_records_its_tail_emphasis_and_t_eps(cauchy):
     assert settings["t_eps"] == emphasised.score.t_eps == 1e-5
 
 
-def test_fit_records_its_weight_decay_and_uses_plain_adam_by_default(cauchy):
-    _, data, model = cauchy
-    settings = dict(model.history.settings)
-    assert settings["weight_decay"] == 0.0
-    assert settings["optimizer"] == "adam"
+def test_fit_records_its_weight_decay_and_optimizer(cauchy):
+    _, data, _ = cauchy
+    plain = mp.MSGM.fit(
+        data[:400], key=jax.random.key(0), weight_decay=0.0, max_steps=10, progress=False
+    )
+    assert dict(plain.history.settings)["optimizer"] == "adam"
+    assert dict(plain.history.settings)["weight_decay"] == 0.0
     decayed = mp.MSGM.fit(
         data[:400], key=jax.random.key(0), weight_decay=0.1, max_steps=10, progress=False
     )
     assert dict(decayed.history.settings)["optimizer"] == "adamw"
     assert dict(decayed.history.settings)["weight_decay"] == 0.1
+
+
+def assert_same_network(a, b):
+    for leaf_a, leaf_b in zip(
+        jax.tree.leaves(eqx.filter(a.score, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(b.score, eqx.is_array)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(leaf_a, leaf_b)
 
 
 def test_several_weight_decays_keep_the_fit_with_the_lowest_validation_score(cauchy):
@@ -308,22 +322,58 @@ def test_several_weight_decays_keep_the_fit_with_the_lowest_validation_score(cau
     settings = dict(key=jax.random.key(2), max_steps=60, eval_every=20, progress=False)
     chosen = mp.MSGM.fit(data[:400], weight_decay=(0.0, 0.5), **settings)
     recorded = dict(chosen.history.settings)
-    scores = {float(k): v for k, v in json.loads(recorded["weight_decay_validation"]).items()}
-    assert set(scores) == {0.0, 0.5} and recorded["weight_decay"] == min(scores, key=scores.get)
+    scores = json.loads(recorded["validation_by_candidate"])
+    assert set(scores) == {"weight_decay=0", "weight_decay=0.5"}
+    assert recorded["candidate"] == min(scores, key=scores.get)
+    assert recorded["candidate"] == f"weight_decay={recorded['weight_decay']:g}"
     alone = mp.MSGM.fit(data[:400], weight_decay=recorded["weight_decay"], **settings)
-    assert float(np.min(alone.history.validation_loss)) == scores[recorded["weight_decay"]]
-    for a, b in zip(
-        jax.tree.leaves(eqx.filter(chosen.score, eqx.is_array)),
-        jax.tree.leaves(eqx.filter(alone.score, eqx.is_array)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
+    assert float(np.min(alone.history.validation_loss)) == scores[recorded["candidate"]]
+    assert_same_network(chosen, alone)
     with pytest.raises(ValueError, match="empty sequence"):
         mp.MSGM.fit(data[:400], weight_decay=(), **settings)
     with pytest.raises(ValueError, match="needs validation rows"):
         mp.MSGM.fit(data[:400], weight_decay=[0.0, 0.1], validation_fraction=0.0, **settings)
     with pytest.raises(TypeError, match="`weight_decay` must be a number"):
         mp.MSGM.fit(data[:400], weight_decay="0.1", **settings)
+
+
+def test_default_fit_keeps_the_best_of_its_three_candidates(cauchy):
+    """With no net, weight decay or optimizer given, fit trains the default network with λ = 0
+    and 0.1 and the rougher network with λ = 0.1 from one initialisation and key, and keeps the
+    lowest validation score: bit for bit the fit of that candidate alone."""
+    _, data, _ = cauchy
+    key = jax.random.key(5)
+    settings = dict(max_steps=60, eval_every=20, progress=False)
+    chosen = mp.MSGM.fit(data[:400], key=key, **settings)
+    recorded = dict(chosen.history.settings)
+    scores = json.loads(recorded["validation_by_candidate"])
+    expected = [
+        f"direction_scale={scale:g}, weight_decay={decay:g}" for scale, decay in DEFAULT_CANDIDATES
+    ]
+    assert list(scores) == expected and recorded["candidate"] == min(scores, key=scores.get)
+    scale, decay = DEFAULT_CANDIDATES[expected.index(recorded["candidate"])]
+    assert chosen.score.net.direction_scale == scale and recorded["weight_decay"] == decay
+    net = mp.ScoreMLP(D, key=jax.random.split(key, 3)[1], direction_scale=scale)
+    alone = mp.MSGM.fit(data[:400], key=key, net=net, weight_decay=decay, **settings)
+    assert float(np.min(alone.history.validation_loss)) == scores[recorded["candidate"]]
+    assert_same_network(chosen, alone)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(weight_decay=0.0),
+        dict(validation_fraction=0.0),
+        dict(optimizer=optax.adam(1e-3)),
+        dict(net=mp.ScoreMLP(D, key=jax.random.key(0), width=16)),
+    ],
+    ids=["weight_decay", "no_validation", "optimizer", "net"],
+)
+def test_a_fit_told_what_to_train_trains_once(cauchy, options):
+    _, data, _ = cauchy
+    fitted = mp.MSGM.fit(data[:400], key=jax.random.key(0), max_steps=20, progress=False, **options)
+    assert "candidate" not in dict(fitted.history.settings)
+    assert fitted.score.net.direction_scale == 1.0
 
 
 def test_weight_decay_with_a_custom_optimizer_or_an_mlp_free_net_is_refused(cauchy):
@@ -424,3 +474,20 @@ def test_held_out_likelihood_is_close_to_the_truth_on_the_paper_task():
     log_p = model.with_options(density=mp.ODEDensity(128)).log_prob(test)
     gap = float(jnp.mean(task.log_prob(test) - log_p))
     assert gap < 0.4
+
+
+@pytest.mark.slow
+def test_independent_coordinates_are_learned():
+    """Independent Cauchy coordinates of one scale, d = 4: the law has no quadratic angular part,
+    and 0.9's default network stayed 1.24 nats from it on held-out points (the loss of uniform
+    directions; 1.25 after 3000 steps here). The default fit, 3000 steps, must be within 0.5 nats.
+    Measured: 0.097, with a paired standard error of 0.012 over the 2000 test points."""
+    task = CorrelatedCauchy(np.eye(4))
+    train_key, test_key, fit_key = jax.random.split(jax.random.key(12), 3)
+    train = task.sample(train_key, (8192,))
+    test = task.sample(test_key, (2000,))
+    model = mp.MSGM.fit(train, key=fit_key, max_steps=3000, progress=False)
+    differences = task.log_prob(test) - model.with_options(density=mp.ODEDensity(128)).log_prob(
+        test
+    )
+    assert float(jnp.mean(differences)) < 0.5

@@ -174,3 +174,29 @@ def test_lattice_net_has_no_xla_convolution():
     loss = lambda params, u: jnp.sum(eqx.combine(params, static)(u, 0.1, 0.5) ** 2)
     jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params, jnp.ones(36) / 6))
     assert "conv_general_dilated" not in jaxpr
+
+
+def test_direction_scale_multiplies_the_direction_input():
+    u = jnp.array([0.6, 0.0, 0.8, 0.0, 0.0])
+    rough = ScoreMLP(5, key=jax.random.key(1), direction_scale=8.0)
+    plain = ScoreMLP(5, key=jax.random.key(1))
+    np.testing.assert_allclose(rough(u, 0.3, 0.2), plain(8.0 * u, 0.3, 0.2), rtol=1e-6)
+    assert plain.direction_scale == 1.0 and "direction_scale" not in plain.config()
+    assert ScoreMLP.from_config(rough.config()).direction_scale == 8.0
+
+
+@pytest.mark.parametrize(
+    "scale, error",
+    [
+        (0.0, ValueError),
+        (-1.0, ValueError),
+        (float("inf"), ValueError),
+        (float("nan"), ValueError),
+        (1e4, ValueError),
+        (True, TypeError),
+        ("8", TypeError),
+    ],
+)
+def test_bad_direction_scales_are_refused(scale, error):
+    with pytest.raises(error, match="direction_scale"):
+        ScoreMLP(3, key=jax.random.key(0), direction_scale=scale)

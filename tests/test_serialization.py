@@ -77,7 +77,8 @@ def untrained_sgm():
 
 BUILDERS = {
     "dense": lambda: untrained_msgm(
-        mp.DenseNoise(3, key=jax.random.key(0)), mp.ScoreMLP(3, key=jax.random.key(1), width=8)
+        mp.DenseNoise(3, key=jax.random.key(0)),
+        mp.ScoreMLP(3, key=jax.random.key(1), width=8, direction_scale=8.0),
     ),
     "lattice": lambda: untrained_msgm(
         mp.LatticeNoise((4, 4)), mp.LatticeScoreNet((4, 4), key=jax.random.key(1), channels=4)
@@ -320,6 +321,8 @@ def test_array_headers_are_checked_before_the_data_are_read(model, tmp_path):
         ("depth", 100_000, r"depth = 100000 is not an int in \[1, 64\]"),
         ("width", -3, r"width = -3 is not an int"),
         ("dim", 10**12, r"dim = 1000000000000 is not an int"),
+        ("direction_scale", -1.0, r"`direction_scale` must lie in"),
+        ("direction_scale", "8", r"`direction_scale` must be a positive number"),
     ],
 )
 def test_config_values_are_bounded_before_anything_is_built(model, tmp_path, field, value, match):

@@ -1,0 +1,143 @@
+"""The three fits that `MSGM.fit` chooses from by default, on every density task and on independent
+coordinates.
+
+    python benchmarks/network_candidates.py [--seeds 2] [--tasks iid4 student16 ...] [--out PATH]
+
+Tasks: those of benchmarks/weight_decay.py (the density.py tasks, with the same data for the same
+seed, and tutorial 02's random walk), and independent Cauchy coordinates of one scale (1/50) at
+d = 4 and d = 16 ("iid4", "iid16": `CorrelatedCauchy(np.eye(d))`, 8192 training and 1000 held-out
+points), whose angular law has no quadratic part.
+
+For each task and seed, every candidate of `msgm_pp.msgm.DEFAULT_CANDIDATES` is fitted alone,
+exactly as `MSGM.fit(train, key=k)` fits it: `MSGM.fit(train, key=k, net=ScoreMLP(d,
+key=split(k, 3)[1], direction_scale=c), weight_decay=λ)`, the network initialisation that `build`
+makes (tests/test_msgm.py checks that the default fit is bit for bit the candidate it keeps). We
+record the held-out log-likelihood (`log_prob` with 128 ODE steps), its gap to the truth where
+there is one, the best validation score (the validation points' negative log-likelihood by a
+32-step ODE; the candidates share their validation rows) and the fit's seconds. The row "the
+default fit" is, seed by seed, the candidate with the lowest validation score, which is what
+`MSGM.fit` returns, with the sum of the three fits' seconds. The maximum-likelihood Student-t
+(benchmarks/_comparison.py) is the elliptical reference.
+
+Writes benchmarks/results/network_candidates.json.
+"""
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import weight_decay
+from _comparison import student_t_fit
+from _machine import machine
+from scipy import stats
+
+import msgm_pp as mp
+from msgm_pp.datasets import CorrelatedCauchy
+from msgm_pp.msgm import DEFAULT_CANDIDATES
+
+INDEPENDENT = {"iid4": 4, "iid16": 16}
+TASKS = [*weight_decay.TASKS, *INDEPENDENT]
+CANDIDATES = [
+    f"direction_scale={scale:g}, weight_decay={decay:g}" for scale, decay in DEFAULT_CANDIDATES
+]
+DEFAULT = "the default fit (lowest validation score)"
+REFERENCE = "Student-t (ML)"
+
+
+def task_data(task: str, seed: int):
+    if task not in INDEPENDENT:
+        return weight_decay.task_data(task, seed)
+    law = CorrelatedCauchy(np.eye(INDEPENDENT[task]))
+    train_key, test_key = jax.random.split(jax.random.key(1000 + seed))
+    train = np.asarray(law.sample(train_key, (8192,)), np.float64)
+    return train, np.asarray(law.sample(test_key, (1000,)), np.float64), law
+
+
+def fit(train, seed: int, direction_scale: float, decay: float):
+    key = jax.random.key(seed)
+    net = mp.ScoreMLP(
+        train.shape[1], key=jax.random.split(key, 3)[1], direction_scale=direction_scale
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return mp.MSGM.fit(train, key=key, net=net, weight_decay=decay, progress=False)
+
+
+def run(task: str, seed: int) -> dict:
+    train, test, truth = task_data(task, seed)
+    exact = (
+        float(np.mean(np.asarray(truth.log_prob(jnp.asarray(test))))) if truth is not None else None
+    )
+    start = time.perf_counter()
+    nu, mu, sigma = student_t_fit(train)
+    result = {
+        REFERENCE: {
+            "test_log_likelihood": float(
+                stats.multivariate_t(mu, sigma, df=nu).logpdf(test).mean()
+            ),
+            "fit_seconds": time.perf_counter() - start,
+        }
+    }
+    for label, (direction_scale, decay) in zip(CANDIDATES, DEFAULT_CANDIDATES, strict=True):
+        start = time.perf_counter()
+        model = fit(train, seed, direction_scale, decay)
+        jax.block_until_ready(model.score)
+        seconds = time.perf_counter() - start
+        log_p = model.with_options(density=mp.ODEDensity(128)).log_prob(jnp.asarray(test))
+        result[label] = {
+            "test_log_likelihood": float(np.mean(np.asarray(log_p, np.float64))),
+            "fit_seconds": seconds,
+            "best_validation": float(np.nanmin(model.history.validation_loss)),
+        }
+        print(task, seed, label, result[label], flush=True)
+    chosen = min(CANDIDATES, key=lambda label: result[label]["best_validation"])
+    result[DEFAULT] = {
+        **result[chosen],
+        "fit_seconds": sum(result[label]["fit_seconds"] for label in CANDIDATES),
+        **{f"chose {label}": float(label == chosen) for label in CANDIDATES},
+    }
+    if exact is not None:
+        for entry in result.values():
+            entry["gap_to_truth"] = exact - entry["test_log_likelihood"]
+    return result
+
+
+def summarise(runs: list[dict]) -> dict:
+    summary = {}
+    for row in runs[0]:
+        entry = {}
+        for field in runs[0][row]:
+            values = np.array([run[row][field] for run in runs], np.float64)
+            entry[f"{field}_mean"] = float(values.mean())
+            if len(values) > 1:
+                entry[f"{field}_stderr"] = float(values.std(ddof=1) / np.sqrt(len(values)))
+        summary[row] = entry
+    return summary
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/network_candidates.json")
+    )
+    args = parser.parse_args()
+    results = json.loads(args.out.read_text())["tasks"] if args.out.exists() else {}
+    for task in args.tasks:
+        runs = [run(task, seed) for seed in range(args.seeds)]
+        results[task] = {"seeds": args.seeds, "summary": summarise(runs), "runs": runs}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": machine(), "tasks": results}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
