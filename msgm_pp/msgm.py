@@ -434,7 +434,7 @@ class MSGM(ScoreBasedDistribution):
 
         Which is best depends on the law: λ = 0.1 on the Student-t at d = 16 (0.31 → 0.16 nats
         from the truth), the rougher network with λ = 0.1 on independent coordinates (iid Cauchy
-        at d = 16: 9.4 → 1.9) and on the correlated Cauchy at d = 16, the plain network where the
+        at d = 16: 10.8 → 3.1) and on the correlated Cauchy at d = 16, the plain network where the
         directions narrow into a few ridges (benchmarks/network_candidates.py)."""
         net = self.score.net
         if type(net) is not ScoreMLP or net.direction_scale != 1.0:

@@ -139,12 +139,12 @@ class ScoreMLP(_MLPConfig, eqx.Module):
     network is close to a polynomial of low degree in u. Its first steps learn the quadratic part
     of an angular law (anisotropy, correlation) and build on it; a law without one, such as
     independent coordinates of one scale, whose angular log-density starts at degree 4 (Σ u_i⁴),
-    leaves it on a plateau: at d = 4 the 0.9 defaults stayed 1.24 nats from the iid Cauchy's
-    density, the loss of assuming uniform directions, and 9.4 nats at d = 16. With c = 8 the
-    pre-activations are O(1) and the same fits reach 0.13 and 1.9 nats; on laws with smooth
+    leaves it on a plateau: at d = 4 the 0.9 defaults stayed 1.22 nats from the iid Cauchy's
+    density, the loss of assuming uniform directions, and 10.8 nats at d = 16. With c = 8 the
+    pre-activations are O(1) and the same fits reach 0.07 and 3.1 nats; on laws with smooth
     angular densities (the multivariate Student-t) the same roughness fits the training points
-    instead (benchmarks/network_candidates.py). :meth:`msgm_pp.MSGM.fit` trains both and keeps
-    the one with the better validation likelihood."""
+    instead (benchmarks/network_candidates.py). :meth:`msgm_pp.MSGM.fit` trains it as one of three
+    candidates and keeps the one with the best validation likelihood."""
 
     mlp: eqx.nn.MLP
     features: TimeFeatures
