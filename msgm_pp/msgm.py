@@ -434,8 +434,9 @@ class MSGM(ScoreBasedDistribution):
 
         Which is best depends on the law: λ = 0.1 on the Student-t at d = 16 (0.31 → 0.16 nats
         from the truth), the rougher network with λ = 0.1 on independent coordinates (iid Cauchy
-        at d = 16: 10.8 → 3.1) and on the correlated Cauchy at d = 16, the plain network where the
-        directions narrow into a few ridges (benchmarks/network_candidates.py)."""
+        at d = 16: 10.8 → 3.1), on the correlated Cauchy at d = 16 (3.5 → 3.1) and on a random walk
+        with Student-t steps (0.82 → 0.71), while on the paper's task (d = 4) the three are within
+        0.02 nats of each other (benchmarks/network_candidates.py)."""
         net = self.score.net
         if type(net) is not ScoreMLP or net.direction_scale != 1.0:
             return None

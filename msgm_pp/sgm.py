@@ -288,7 +288,8 @@ class SGM(ScoreBasedDistribution):
         Args:
             data, key, net, schedule, normalization, t_eps, sampler, density: see :meth:`build`.
             loss: "dsm" (default) or "ssm" (the paper's comparison).
-            The other arguments are those of :meth:`MSGM.fit`; early stopping uses the loss.
+            The other arguments are those of :meth:`MSGM.fit`; early stopping uses the loss,
+                and by default the SGM trains one network (λ = 0), not `MSGM.fit`'s three.
 
         Returns:
             The trained SGM; its `history` holds the losses and the settings.
