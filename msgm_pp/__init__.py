@@ -1,7 +1,7 @@
 """msgm_pp: multiplicative score-based generative models as NumPyro distributions."""
 
 from msgm_pp._version import __version__
-from msgm_pp.coordinates import CoordinateScaling
+from msgm_pp.coordinates import AffineCoordinates, CoordinateScaling
 from msgm_pp.density import ExactTrace, HutchinsonTrace, ODEDensity
 from msgm_pp.forward import forward_sample, forward_sample_exact
 from msgm_pp.latent import Latent
@@ -35,6 +35,7 @@ __all__ = [
     "SGM",
     "AbstractNoise",
     "AbstractNormModel",
+    "AffineCoordinates",
     "CoordinateScaling",
     "DenseNoise",
     "EmpiricalNorm",

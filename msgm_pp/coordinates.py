@@ -1,8 +1,10 @@
-r"""Per-coordinate location and scale: the affine map y = (x − loc)/scale that a model works in.
+r"""The affine map y = W(x − loc) that a model works in: per coordinate, y = (x − loc)/scale
+(:class:`CoordinateScaling`), or a full matrix (:class:`AffineCoordinates`, e.g. the whitening by
+Tyler's shape matrix, :func:`tyler_shape`).
 
 A model of y gives a density of x by the change of variables
 
-    log p_X(x) = log p_Y((x − loc)/scale) − Σ_i log scale_i.
+    log p_X(x) = log p_Y(W(x − loc)) + log |det W|.
 
 The multiplicative noise of an MSGM rotates all coordinates about the origin together, so the model
 depends on each coordinate's origin and unit. Data whose coordinates have different units or sit
@@ -17,7 +19,7 @@ import numpy as np
 from msgm_pp._checks import is_concrete
 from msgm_pp.serialization import serializable
 
-NORMALIZATIONS = ("none", "standard", "robust")
+NORMALIZATIONS = ("none", "standard", "robust")  # per coordinate; "shape" is a full matrix
 SCALE_RATIO_WARNING = 10.0  # largest / smallest robust scale
 OFFSET_WARNING = 1.0  # |median| in robust scales
 
@@ -63,6 +65,110 @@ class CoordinateScaling(eqx.Module):
         return -jnp.sum(jnp.log(self.scale))
 
 
+@serializable
+class AffineCoordinates(eqx.Module):
+    """y = W(x − loc) with a full invertible matrix W, for flat points x of shape (d,); `inverse`
+    is W⁻¹ and `log_det` log |det W|, both given so that no point pays for a solve."""
+
+    loc: jax.Array
+    matrix: jax.Array
+    inverse: jax.Array
+    log_det: jax.Array
+
+    def __check_init__(self):
+        d = np.shape(self.loc)[0] if np.ndim(self.loc) == 1 else None
+        if d is None or any(np.shape(a) != (d, d) for a in (self.matrix, self.inverse)):
+            raise ValueError(
+                "`loc` must be a vector (d,) and `matrix` and `inverse` matrices (d, d), got "
+                f"shapes {np.shape(self.loc)}, {np.shape(self.matrix)} and {np.shape(self.inverse)}."
+            )
+        if not is_concrete(self.matrix):
+            return
+        parts = [np.asarray(a, np.float64) for a in (self.loc, self.matrix, self.inverse)]
+        if not all(np.all(np.isfinite(part)) for part in parts) or not np.isfinite(self.log_det):
+            raise ValueError("`loc`, `matrix`, `inverse` and `log_det` must be finite.")
+        _, matrix, inverse = parts
+        if not np.allclose(matrix @ inverse, np.eye(d), atol=1e-3):
+            raise ValueError("`inverse` is not the inverse of `matrix`.")
+        if not np.isclose(np.linalg.slogdet(matrix)[1], float(self.log_det), atol=1e-4, rtol=1e-5):
+            raise ValueError("`log_det` is not log |det matrix|.")
+
+    @classmethod
+    def from_matrix(cls, matrix, loc=None, dtype=jnp.float32) -> "AffineCoordinates":
+        """The map y = W(x − loc) of an invertible W (loc 0 by default), its inverse and
+        log-determinant computed in float64."""
+        matrix = np.asarray(matrix, np.float64)
+        loc = np.zeros(matrix.shape[0]) if loc is None else np.asarray(loc, np.float64)
+        sign, log_det = np.linalg.slogdet(matrix)
+        if sign == 0 or not np.isfinite(log_det):
+            raise ValueError("`matrix` is singular.")
+        inverse = np.linalg.inv(matrix)
+        arrays = (jnp.asarray(a, dtype) for a in (loc, matrix, inverse, log_det))
+        return cls(*arrays)
+
+    @property
+    def dim(self) -> int:
+        """d, the number of coordinates."""
+        return self.loc.shape[0]
+
+    def normalise(self, x):
+        """y = W(x − loc)."""
+        return (x - self.loc) @ self.matrix.T
+
+    def denormalise(self, y):
+        """x = loc + W⁻¹y."""
+        return self.loc + y @ self.inverse.T
+
+    def log_abs_det(self):
+        """log |det ∂y/∂x| = log |det W|, added to the log-density of y."""
+        return self.log_det
+
+
+def tyler_shape(x: np.ndarray, max_iterations: int = 1000, tol: float = 1e-10) -> np.ndarray:
+    r"""Tyler's M-estimator of the shape (scatter up to scale) of the rows of x about the origin:
+    the fixed point of Σ = (d/n) Σ_i x_i x_iᵀ / (x_iᵀ Σ⁻¹ x_i), with trace d (Tyler 1987).
+
+    It depends on the rows through their directions only, so it exists for any tail: for an
+    elliptical law (a multivariate Student-t, any ν) it is consistent for the scatter matrix, and
+    Σ^{-1/2} x then has uniformly distributed directions. Raises ValueError when n ≤ d, when a row
+    is 0 or not finite, or when the iteration does not converge (the directions lie too close to
+    a subspace)."""
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    if n <= d:
+        raise ValueError(
+            f"Tyler's shape estimate needs more rows than coordinates, got {n} rows for d = {d}."
+        )
+    norms = np.linalg.norm(x, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if bad.size:
+        raise ValueError(
+            f"rows {bad[:10].tolist()} are zero or not finite; Tyler's shape estimate needs directions."
+        )
+    u = x / norms[:, None]
+    shape = np.eye(d)
+    for _ in range(max_iterations):
+        q = np.einsum("ij,jk,ik->i", u, np.linalg.inv(shape), u)
+        update = (d / n) * (u / q[:, None]).T @ u
+        update *= d / np.trace(update)
+        if np.max(np.abs(update - shape)) < tol:
+            return update
+        shape = update
+    raise ValueError(
+        f"Tyler's shape estimate did not converge in {max_iterations} iterations: the data's "
+        "directions may lie too close to a subspace."
+    )
+
+
+def shape_whitening(x: np.ndarray, dtype) -> AffineCoordinates:
+    """y = c Σ^{-1/2} x with Σ = :func:`tyler_shape` (x) and c chosen so that the median over the
+    coordinates of y's robust scales (IQR/1.349) is 1. The origin stays where it is."""
+    values, vectors = np.linalg.eigh(tyler_shape(x))
+    whitening = vectors @ np.diag(values**-0.5) @ vectors.T
+    _, scale = robust_location_scale(x @ whitening.T)
+    return AffineCoordinates.from_matrix(whitening / np.median(scale), dtype=dtype)
+
+
 def robust_location_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-coordinate median and interquartile range / 1.349 of the rows of x (the standard
     deviation for Gaussian data, and finite for any tail)."""
@@ -75,7 +181,9 @@ def normalization_of(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     median and interquartile range / 1.349 ("robust", see :func:`robust_location_scale`), or
     (0, 1) ("none")."""
     if kind not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {kind!r}; choose one of {list(NORMALIZATIONS)}.")
+        raise ValueError(
+            f"unknown normalization {kind!r}; choose one of {[*NORMALIZATIONS, 'shape']}."
+        )
     if kind == "none":
         return np.zeros(x.shape[1]), np.ones(x.shape[1])
     if kind == "standard":
@@ -91,10 +199,12 @@ def normalization_of(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return loc, scale
 
 
-def coordinate_scaling(x: np.ndarray, normalization, dtype) -> CoordinateScaling | None:
-    """The scaling `normalization` ("none", "standard", "robust" or a CoordinateScaling) for the
-    rows of x, with arrays of `dtype`; None for "none"."""
-    if isinstance(normalization, CoordinateScaling):
+def coordinate_scaling(x: np.ndarray, normalization, dtype):
+    """The map `normalization` ("none", "standard", "robust", "shape", or a CoordinateScaling or
+    AffineCoordinates) for the rows of x, with arrays of `dtype`; None for "none"."""
+    if normalization == "shape":
+        return shape_whitening(x, dtype)
+    if isinstance(normalization, CoordinateScaling | AffineCoordinates):
         if normalization.dim != x.shape[1]:
             raise ValueError(
                 f"`normalization` has dimension {normalization.dim} but the data have "

@@ -22,7 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from msgm_pp._checks import check_key, check_points, warn_caller, warn_deprecated
-from msgm_pp.coordinates import CoordinateScaling, coordinate_scaling, unit_mismatch
+from msgm_pp.coordinates import (
+    AffineCoordinates,
+    CoordinateScaling,
+    coordinate_scaling,
+    unit_mismatch,
+)
 from msgm_pp.density import HeldOutNegLogLikelihood, ODEDensity, log_prob_point
 from msgm_pp.latent import Latent
 from msgm_pp.losses import ScoreMatchingLoss, dsm_applies, make_loss
@@ -77,9 +82,9 @@ class MSGM(ScoreBasedDistribution):
     `coordinates` are pytree data fields, so the distribution keeps its network through jit and
     vmap; `history` holds the training losses.
 
-    `coordinates` (a :class:`~msgm_pp.CoordinateScaling`, or None for the identity) maps data x
-    to the coordinates y = (x − loc)/scale that the diffusion rotates; `log_prob` adds its exact
-    log-Jacobian −Σ log scale_i.
+    `coordinates` (a :class:`~msgm_pp.CoordinateScaling` or :class:`~msgm_pp.AffineCoordinates`,
+    or None for the identity) maps data x to the coordinates y = W(x − loc) that the diffusion
+    rotates; `log_prob` adds its exact log-Jacobian log |det W|.
 
     Settings (change them with :meth:`with_options`):
 
@@ -101,7 +106,7 @@ class MSGM(ScoreBasedDistribution):
         score: TangentScore,
         norm_model: AbstractNormModel,
         *,
-        coordinates: CoordinateScaling | None = None,
+        coordinates: CoordinateScaling | AffineCoordinates | None = None,
         sampler=None,
         density=None,
         history: TrainingHistory | None = None,
@@ -114,9 +119,11 @@ class MSGM(ScoreBasedDistribution):
             raise TypeError(
                 f"`norm_model` must be a msgm_pp norm model, got {type(norm_model).__name__}."
             )
-        if coordinates is not None and not isinstance(coordinates, CoordinateScaling):
+        if coordinates is not None and not isinstance(
+            coordinates, CoordinateScaling | AffineCoordinates
+        ):
             raise TypeError(
-                "`coordinates` must be a msgm_pp CoordinateScaling or None, got "
+                "`coordinates` must be a msgm_pp CoordinateScaling, AffineCoordinates or None, got "
                 f"{type(coordinates).__name__}."
             )
         if coordinates is not None and coordinates.dim != score.dim:
@@ -174,8 +181,11 @@ class MSGM(ScoreBasedDistribution):
                 fitted to the norms of `data` in float64.
             normalization: the per-coordinate map y = (x − loc)/scale applied before the model:
                 "none" (the default: the diffusion rotates x itself), "robust" (median and
-                interquartile range / 1.349), "standard" (mean and standard deviation) or a
-                :class:`~msgm_pp.CoordinateScaling`. With "none", a UserWarning recommends
+                interquartile range / 1.349), "standard" (mean and standard deviation), "shape"
+                (vector data: the whitening y = c Σ^{-1/2} x by Tyler's shape matrix about the
+                origin, :func:`msgm_pp.coordinates.shape_whitening`, under which elliptical data
+                have uniform directions), or a :class:`~msgm_pp.CoordinateScaling` or
+                :class:`~msgm_pp.AffineCoordinates`. With "none", a UserWarning recommends
                 "robust" when the columns' robust scales differ more than 10-fold or a median
                 lies more than one scale from the origin.
             t_eps: the smallest diffusion time, where sampling stops and `log_prob` starts.
@@ -192,6 +202,15 @@ class MSGM(ScoreBasedDistribution):
         x = flat_points(data, field_shape if len(field_shape) > 1 else None)
         noise = make_noise(noise, x.shape[1], key=noise_key)
         x64 = np.asarray(x, dtype=np.float64)
+        if isinstance(noise, LatticeNoise) and not isinstance(
+            normalization, str | CoordinateScaling
+        ):
+            raise ValueError("a lattice model takes a per-coordinate `normalization` only.")
+        if isinstance(noise, LatticeNoise) and normalization == "shape":
+            raise ValueError(
+                "normalization='shape' mixes all coordinates, which a lattice model cannot: "
+                "use 'none', 'robust' or 'standard'."
+            )
         coordinates = coordinate_scaling(x64, normalization, x.dtype)
         if coordinates is None and isinstance(normalization, str):
             mismatch = unit_mismatch(x64)

@@ -84,7 +84,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from msgm_pp.coordinates import CoordinateScaling
+from msgm_pp.coordinates import AffineCoordinates, CoordinateScaling
 from msgm_pp.msgm import MSGM
 from msgm_pp.samplers import SDESampler, reverse_times
 from msgm_pp.score import TangentScore
@@ -100,7 +100,7 @@ class RotationProcess(eqx.Module):
     """The MSGM's reverse rotations of a direction u (d,) at its group's log-norm ℓ."""
 
     score: TangentScore
-    coordinates: CoordinateScaling | None
+    coordinates: CoordinateScaling | AffineCoordinates | None
     event_shape: tuple[int, ...] = eqx.field(static=True)
     mixing_rate: float = eqx.field(static=True)
     noise_share: float = eqx.field(static=True, default=1.0)
