@@ -48,6 +48,9 @@ SGM rows were measured at 64 steps before 0.8 and were not re-run).
 - MSGM (tail emphasis 0.5, t_eps 1e-5, one fit): `mp.MSGM.fit(train, key=..., tail_emphasis=0.5,
   t_eps=1e-5, weight_decay=0.0)`, the option for data whose directions narrow at large norms, as
   one fit (as in 0.8 and 0.9).
+- MSGM (normalization='shape'): `mp.MSGM.fit(train, key=..., normalization="shape")`, the
+  defaults on the data whitened by Tyler's shape matrix (elliptical laws then have uniform
+  directions).
 - MSGM (weight decay 0.1): `mp.MSGM.fit(train, key=..., weight_decay=0.1)`, the option that
   decays the hidden layers' weights (see benchmarks/weight_decay.py).
 - MSGM (weight decay 0 or 0.1 by validation): `mp.MSGM.fit(train, key=..., weight_decay=(0.0,
@@ -179,6 +182,7 @@ SCORE_BASED = {
         mp.MSGM,
         dict(tail_emphasis=0.5, t_eps=1e-5, weight_decay=0.0),
     ),
+    "MSGM (normalization='shape')": (mp.MSGM, dict(normalization="shape")),
     "MSGM (weight decay 0.1)": (mp.MSGM, dict(weight_decay=0.1)),
     "MSGM (weight decay 0 or 0.1 by validation)": (mp.MSGM, dict(weight_decay=(0.0, 0.1))),
 }
