@@ -22,18 +22,15 @@ default fit" is, seed by seed, the candidate with the lowest validation score, w
 Writes benchmarks/results/network_candidates.json.
 """
 
-import argparse
-import json
 import time
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import weight_decay
 from _comparison import student_t_fit
-from _machine import machine
+from _machine import run_tasks_and_seeds
 from scipy import stats
 
 import msgm_pp as mp
@@ -107,36 +104,8 @@ def run(task: str, seed: int) -> dict:
     return result
 
 
-def summarise(runs: list[dict]) -> dict:
-    summary = {}
-    for row in runs[0]:
-        entry = {}
-        for field in runs[0][row]:
-            values = np.array([run[row][field] for run in runs], np.float64)
-            entry[f"{field}_mean"] = float(values.mean())
-            if len(values) > 1:
-                entry[f"{field}_stderr"] = float(values.std(ddof=1) / np.sqrt(len(values)))
-        summary[row] = entry
-    return summary
-
-
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
-    parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results/network_candidates.json")
-    )
-    args = parser.parse_args()
-    results = json.loads(args.out.read_text())["tasks"] if args.out.exists() else {}
-    for task in args.tasks:
-        runs = [run(task, seed) for seed in range(args.seeds)]
-        results[task] = {"seeds": args.seeds, "summary": summarise(runs), "runs": runs}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": machine(), "tasks": results}, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    run_tasks_and_seeds(__doc__, TASKS, "benchmarks/results/network_candidates.json", run)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,8 @@ validation score: what choosing λ ∈ {0, 0.1} inside `fit` would give, at twic
 Writes benchmarks/results/weight_decay.json.
 """
 
-import argparse
-import json
 import time
 import warnings
-from pathlib import Path
 
 import density
 import jax
@@ -31,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import optax
-from _machine import machine
+from _machine import run_tasks_and_seeds
 from numpyro.distributions import transforms
 
 import msgm_pp as mp
@@ -109,34 +106,8 @@ def run(task: str, seed: int) -> dict:
     return result
 
 
-def summarise(runs: list[dict]) -> dict:
-    summary = {}
-    for where in (*WHERE, CHOSEN):
-        entry = {}
-        for field in runs[0][where]:
-            values = np.array([run[where][field] for run in runs], np.float64)
-            entry[f"{field}_mean"] = float(values.mean())
-            if len(values) > 1:
-                entry[f"{field}_stderr"] = float(values.std(ddof=1) / np.sqrt(len(values)))
-        summary[where] = entry
-    return summary
-
-
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/weight_decay.json"))
-    args = parser.parse_args()
-    results = json.loads(args.out.read_text())["tasks"] if args.out.exists() else {}
-    for task in args.tasks:
-        runs = [run(task, seed) for seed in range(args.seeds)]
-        results[task] = {"seeds": args.seeds, "summary": summarise(runs), "runs": runs}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": machine(), "tasks": results}, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    run_tasks_and_seeds(__doc__, TASKS, "benchmarks/results/weight_decay.json", run)
 
 
 if __name__ == "__main__":
