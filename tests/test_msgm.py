@@ -42,6 +42,15 @@ def mmd(x, y):
     )
 
 
+def assert_same_network(a, b):
+    for leaf_a, leaf_b in zip(
+        jax.tree.leaves(eqx.filter(a.score, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(b.score, eqx.is_array)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(leaf_a, leaf_b)
+
+
 @pytest.fixture(scope="module")
 def cauchy():
     task = CorrelatedCauchy.paper_task(d=D, seed=0)
@@ -117,10 +126,7 @@ def test_same_key_gives_identical_parameters_and_samples(cauchy):
     settings = dict(max_steps=40, eval_every=20, progress=False, noise="dense", loss="ssm")
     first = mp.MSGM.fit(data[:500], key=jax.random.key(7), **settings)
     second = mp.MSGM.fit(data[:500], key=jax.random.key(7), **settings)
-    leaves = jax.tree_util.tree_leaves(eqx.filter(first.score, eqx.is_array))
-    again = jax.tree_util.tree_leaves(eqx.filter(second.score, eqx.is_array))
-    for a, b in zip(leaves, again, strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_network(first, second)
     np.testing.assert_array_equal(
         first.sample(jax.random.key(8), (50,)), second.sample(jax.random.key(8), (50,))
     )
@@ -223,12 +229,7 @@ def test_build_then_train_is_fit(cauchy):
     trained = mp.train(
         built, data[:400], key=jax.random.split(key, 3)[2], row_weights=rows, **settings
     )
-    for a, b in zip(
-        jax.tree.leaves(eqx.filter(fitted.score, eqx.is_array)),
-        jax.tree.leaves(eqx.filter(trained.score, eqx.is_array)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
+    assert_same_network(fitted, trained)
 
 
 def test_tail_weights_give_the_top_norms_their_share_and_depend_on_the_norm_only(cauchy):
@@ -304,15 +305,6 @@ def test_fit_records_its_weight_decay_and_optimizer(cauchy):
     )
     assert dict(decayed.history.settings)["optimizer"] == "adamw"
     assert dict(decayed.history.settings)["weight_decay"] == 0.1
-
-
-def assert_same_network(a, b):
-    for leaf_a, leaf_b in zip(
-        jax.tree.leaves(eqx.filter(a.score, eqx.is_array)),
-        jax.tree.leaves(eqx.filter(b.score, eqx.is_array)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(leaf_a, leaf_b)
 
 
 def test_several_weight_decays_keep_the_fit_with_the_lowest_validation_score(cauchy):
