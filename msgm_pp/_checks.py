@@ -16,6 +16,7 @@ import numpy as np
 from numpyro.distributions import distribution as _numpyro_distribution
 
 _MAX_LISTED = 10
+MAX_DIRECTION_SCALE = 1000.0  # ScoreMLP(direction_scale=c): a bound on what a model file may ask
 _NUMPYRO_DISTRIBUTION_FILE = _numpyro_distribution.__file__
 
 
@@ -169,6 +170,17 @@ def check_weight_decay(value) -> float:
         raise TypeError(f"`weight_decay` must be a number >= 0, got {value!r}.")
     if not 0 <= value < math.inf:
         raise ValueError(f"`weight_decay` must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
+def check_direction_scale(value) -> float:
+    """`value` as a float, refused unless it is a number in (0, 1000] (ScoreMLP's factor of u)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`direction_scale` must be a positive number, got {value!r}.")
+    if not 0 < value <= MAX_DIRECTION_SCALE:
+        raise ValueError(
+            f"`direction_scale` must lie in (0, {MAX_DIRECTION_SCALE:g}], got {value!r}."
+        )
     return float(value)
 
 

@@ -202,14 +202,11 @@ class MSGM(ScoreBasedDistribution):
         x = flat_points(data, field_shape if len(field_shape) > 1 else None)
         noise = make_noise(noise, x.shape[1], key=noise_key)
         x64 = np.asarray(x, dtype=np.float64)
-        if isinstance(noise, LatticeNoise) and not isinstance(
-            normalization, str | CoordinateScaling
-        ):
-            raise ValueError("a lattice model takes a per-coordinate `normalization` only.")
-        if isinstance(noise, LatticeNoise) and normalization == "shape":
+        mixes = isinstance(normalization, AffineCoordinates) or normalization == "shape"
+        if isinstance(noise, LatticeNoise) and mixes:
             raise ValueError(
-                "normalization='shape' mixes all coordinates, which a lattice model cannot: "
-                "use 'none', 'robust' or 'standard'."
+                "normalization='shape' (or any AffineCoordinates) mixes all coordinates, which a "
+                "lattice model cannot: use 'none', 'robust', 'standard' or a CoordinateScaling."
             )
         coordinates = coordinate_scaling(x64, normalization, x.dtype)
         if coordinates is None and isinstance(normalization, str):

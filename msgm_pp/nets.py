@@ -16,19 +16,17 @@ projects it onto the tangent space of the sphere.
 
 import itertools
 import math
-import numbers
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from msgm_pp._checks import check_dim, check_key, check_positive_int
+from msgm_pp._checks import check_dim, check_direction_scale, check_key, check_positive_int
 from msgm_pp.serialization import config_int, config_shape, serializable
 
 # LatticeScoreNet's channels of v = u√d: "log" is asinh v and log(1 + v²) − log 2,
 # "linear" is v and v² − 1.
 LATTICE_INPUTS = ("log", "linear")
-MAX_DIRECTION_SCALE = 1000.0
 
 # Activations a saved network may name; a network with any other activation is saved as custom.
 ACTIVATIONS = {
@@ -169,17 +167,6 @@ class ScoreMLP(_MLPConfig, eqx.Module):
     def __call__(self, u, z, t):
         inputs = [self.direction_scale * u, jnp.reshape(z, (1,)), self.features(t)]
         return self.mlp(jnp.concatenate(inputs))
-
-
-def check_direction_scale(value) -> float:
-    """A finite number in (0, 1000]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`direction_scale` must be a positive number, got {value!r}.")
-    if not 0 < value <= MAX_DIRECTION_SCALE:
-        raise ValueError(
-            f"`direction_scale` must lie in (0, {MAX_DIRECTION_SCALE:g}], got {value!r}."
-        )
-    return float(value)
 
 
 @serializable

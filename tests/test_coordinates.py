@@ -222,9 +222,17 @@ def test_a_shape_normalised_model_is_the_whitened_model_plus_its_log_determinant
     np.testing.assert_array_equal(mp.load(tmp_path / "shape.msgm").log_prob(x), model.log_prob(x))
 
 
-def test_a_lattice_model_refuses_the_shape_normalisation():
+@pytest.mark.parametrize(
+    "normalization",
+    ["shape", mp.AffineCoordinates.from_matrix(np.eye(16))],
+    ids=["shape", "affine"],
+)
+def test_a_lattice_model_refuses_a_map_that_mixes_coordinates(normalization):
     fields = jax.random.normal(jax.random.key(0), (64, 4, 4))
     with pytest.raises(ValueError, match="lattice model cannot"):
         mp.MSGM.build(
-            fields, key=jax.random.key(0), noise=mp.LatticeNoise((4, 4)), normalization="shape"
+            fields,
+            key=jax.random.key(0),
+            noise=mp.LatticeNoise((4, 4)),
+            normalization=normalization,
         )
