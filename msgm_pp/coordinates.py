@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msgm_pp._checks import is_concrete
+from msgm_pp._checks import describe_indices, is_concrete
 from msgm_pp.serialization import serializable
 
 NORMALIZATIONS = ("none", "standard", "robust")  # per coordinate; "shape" is a full matrix
@@ -143,7 +143,8 @@ def tyler_shape(x: np.ndarray, max_iterations: int = 1000, tol: float = 1e-10) -
     bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if bad.size:
         raise ValueError(
-            f"rows {bad[:10].tolist()} are zero or not finite; Tyler's shape estimate needs directions."
+            f"rows {describe_indices(bad)} are zero or not finite; Tyler's shape estimate needs "
+            "directions."
         )
     u = x / norms[:, None]
     shape = np.eye(d)
