@@ -90,13 +90,27 @@ def default_trace(dim: int) -> AbstractTrace:
 @serializable
 class ODEDensity(eqx.Module):
     """log p by the probability-flow ODE with `steps` Heun steps and the divergence estimator
-    `trace` (None: :class:`ExactTrace` for d <= 64, :class:`HutchinsonTrace` above)."""
+    `trace` (None: :class:`ExactTrace` for d <= 64, :class:`HutchinsonTrace` above).
+
+    Heun's error in log p falls as 1/steps², so with `extrapolate=True` the result is Richardson's
+    (4 L(steps) − L(steps/2)) / 3 from a second solve with half the steps (1.5× the cost; `steps`
+    even), which cancels the leading error term: at 32 steps on a Student-t (d = 8) and on the
+    paper's Cauchy task, 0.009 and 0.012 nats from the converged value against 0.07 and 0.09
+    without it (`benchmarks/density_steps.py`)."""
 
     steps: int = eqx.field(static=True, default=64)
     trace: ExactTrace | HutchinsonTrace | None = None
+    extrapolate: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         check_positive_int(self.steps, "steps")
+        if not isinstance(self.extrapolate, bool):
+            raise TypeError(f"`extrapolate` must be True or False, got {self.extrapolate!r}.")
+        if self.extrapolate and self.steps % 2:
+            raise ValueError(
+                f"`extrapolate=True` needs an even number of `steps` (it also solves with "
+                f"steps/2), got {self.steps}."
+            )
         if self.trace is not None and not isinstance(self.trace, ExactTrace | HutchinsonTrace):
             raise TypeError(
                 "`trace` must be mp.ExactTrace(), mp.HutchinsonTrace(num_probes=...) or None, got "
@@ -105,12 +119,24 @@ class ODEDensity(eqx.Module):
 
     def for_dim(self, dim: int) -> "ODEDensity":
         """These settings with the default estimator for dimension `dim` filled in."""
-        return self if self.trace is not None else ODEDensity(self.steps, default_trace(dim))
+        if self.trace is not None:
+            return self
+        return ODEDensity(self.steps, default_trace(dim), self.extrapolate)
 
     def probe_key(self):
         """The key of the Hutchinson probes (fixed by `seed`, so that log_prob is a
         deterministic function of x)."""
         return jax.random.key(self.trace.seed if isinstance(self.trace, HutchinsonTrace) else 0)
+
+
+def extrapolated(log_p_with_steps, density: ODEDensity, key):
+    """`log_p_with_steps(steps, key)` at `density.steps`, or with `density.extrapolate` the
+    Richardson combination with half the steps (see :class:`ODEDensity`)."""
+    fine = log_p_with_steps(density.steps, key)
+    if not density.extrapolate:
+        return fine
+    coarse = log_p_with_steps(density.steps // 2, jax.random.fold_in(key, 1))
+    return (4 * fine - coarse) / 3
 
 
 def check_density(density) -> ODEDensity:
@@ -159,24 +185,26 @@ def log_prob_point(score: TangentScore, norm_model: AbstractNormModel, x, densit
     d = score.dim
     regular = jnp.all(jnp.isfinite(x)) & jnp.any(x != 0)
     log_r, u = polar(jnp.where(regular, x, jnp.zeros_like(x).at[0].set(1.0)))
-    times = time_grid(score.schedule, score.t_eps, density.steps, u.dtype)
-    probes = density.trace.probes(key, density.steps, d, u.dtype)
 
     def velocity(y, s):
         """F_s(y/|y|) = −½ Σ(u) g(u, ℓ, s): the forward probability-flow velocity per unit of τ;
         0-homogeneous in y, so that its divergence in R^d is the divergence on the sphere."""
         return -0.5 * score.drift(y / jnp.linalg.norm(y), log_r, s)
 
-    _, divergence = integrate_log_density(
-        velocity,
-        u,
-        times,
-        score.tau,
-        density.trace,
-        probes,
-        exp=geodesic_step,
-        transport=project_tangent,
-    )
+    def divergence_integral(steps, key):
+        _, integral = integrate_log_density(
+            velocity,
+            u,
+            time_grid(score.schedule, score.t_eps, steps, u.dtype),
+            score.tau,
+            density.trace,
+            density.trace.probes(key, steps, d, u.dtype),
+            exp=geodesic_step,
+            transport=project_tangent,
+        )
+        return integral
+
+    divergence = extrapolated(divergence_integral, density, key)
     latent = norm_model.log_prob(log_r) - d * log_r - log_sphere_area(d)
     return jnp.where(regular, latent + divergence, irregular_log_prob(x))
 

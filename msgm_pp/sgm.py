@@ -33,7 +33,7 @@ from jax.scipy.stats import norm as std_normal
 
 from msgm_pp._checks import check_key
 from msgm_pp.coordinates import normalization_of
-from msgm_pp.density import integrate_log_density, irregular_log_prob
+from msgm_pp.density import extrapolated, integrate_log_density, irregular_log_prob
 from msgm_pp.heun import heun_step
 from msgm_pp.nets import TimeMLP
 from msgm_pp.samplers import SDESampler, reverse_times
@@ -170,11 +170,17 @@ def log_prob_point(score: VPScore, x, density, key):
     """log p_{t_ε}(x) for one point x (d,) by the probability-flow ODE; see the module docstring."""
     regular = jnp.all(jnp.isfinite(x))
     y0 = score.normalise(jnp.where(regular, x, score.loc))
-    times = time_grid(score.schedule, score.t_eps, density.steps, y0.dtype)
-    probes = density.trace.probes(key, density.steps, score.dim, y0.dtype)
     velocity = lambda y, t: _velocity(score, y, t)
-    y_T, divergence = integrate_log_density(velocity, y0, times, score.tau, density.trace, probes)
-    log_p = jnp.sum(std_normal.logpdf(y_T)) + divergence - jnp.sum(jnp.log(score.scale))
+
+    def log_p_normalised(steps, key):
+        times = time_grid(score.schedule, score.t_eps, steps, y0.dtype)
+        probes = density.trace.probes(key, steps, score.dim, y0.dtype)
+        y_T, divergence = integrate_log_density(
+            velocity, y0, times, score.tau, density.trace, probes
+        )
+        return jnp.sum(std_normal.logpdf(y_T)) + divergence
+
+    log_p = extrapolated(log_p_normalised, density, key) - jnp.sum(jnp.log(score.scale))
     return jnp.where(regular, log_p, irregular_log_prob(x))
 
 

@@ -84,6 +84,47 @@ def test_log_prob_is_accurate_for_a_sharp_kernel(d):
     assert errors[64] < 0.2 and errors[256] < 0.01
 
 
+@pytest.mark.parametrize("d, tau_0", [(2, TAU_0), (3, 1e-3), (8, 1e-3)])
+def test_extrapolation_cancels_most_of_the_step_error(d, tau_0):
+    """Heun's error in log p is c/steps² + O(steps⁻³), so (4 L(64) − L(32))/3 cancels the leading
+    term: its mean error over 400 points is at least 4× below that of 64 plain steps (measured
+    7–12×; a second-order term alone would vanish) and its largest error below 0.05 nats
+    (measured 0.012–0.038; plain 64 steps: 0.05–0.14)."""
+    model, u0 = point_mass_model(d, tau_0=tau_0)
+    x, log_r, u = typical_points(model, u0, 400, jax.random.key(d))
+    exact = closed_form(model, u0, log_r, u, tau_0=tau_0)
+    plain = with_steps(model, 64).log_prob(x) - exact
+    extrapolated = (
+        model.with_options(density=mp.ODEDensity(64, extrapolate=True)).log_prob(x) - exact
+    )
+    assert abs(float(jnp.mean(extrapolated))) < abs(float(jnp.mean(plain))) / 4
+    assert float(jnp.max(jnp.abs(extrapolated))) < 0.05
+
+
+@pytest.mark.parametrize("model_name", ["msgm", "sgm"])
+def test_extrapolation_is_the_richardson_combination(model_name):
+    """With the exact trace, ODEDensity(steps, extrapolate=True) is (4 L(steps) − L(steps/2))/3
+    of two plain solves, for the MSGM and for the SGM."""
+    if model_name == "msgm":
+        model, u0 = point_mass_model(3)
+        x = typical_points(model, u0, 20, jax.random.key(0))[0]
+    else:
+        net = mp.TimeMLP(3, key=jax.random.key(0), width=16, depth=1)
+        score = mp.VPScore(net, mp.vp_schedule(), jnp.ones(3), 2 * jnp.ones(3), 1e-3)
+        model = mp.SGM(score)
+        x = jax.random.normal(jax.random.key(1), (20, 3))
+    log_p = {steps: with_steps(model, steps).log_prob(x) for steps in (8, 16)}
+    extrapolated = model.with_options(density=mp.ODEDensity(16, extrapolate=True)).log_prob(x)
+    np.testing.assert_allclose(extrapolated, (4 * log_p[16] - log_p[8]) / 3, rtol=1e-5, atol=1e-5)
+
+
+def test_extrapolation_needs_an_even_number_of_steps():
+    with pytest.raises(ValueError, match="even number of `steps`"):
+        mp.ODEDensity(33, extrapolate=True)
+    with pytest.raises(TypeError, match="`extrapolate` must be True or False"):
+        mp.ODEDensity(32, extrapolate=1)
+
+
 def test_hutchinson_trace_is_an_unbiased_deterministic_estimate():
     """Averaged over 64 probe keys, the Hutchinson log-density matches the exact trace within 4
     standard errors; for a fixed key it is a deterministic function of x."""

@@ -71,7 +71,7 @@ def untrained_sgm():
     return mp.SGM(
         score,
         sampler=mp.SDESampler(8, stochasticity=0.5),
-        density=mp.ODEDensity(4, mp.HutchinsonTrace(2, seed=3)),
+        density=mp.ODEDensity(4, mp.HutchinsonTrace(2, seed=3), extrapolate=True),
     )
 
 
