@@ -13,6 +13,7 @@ A model is made in two steps, which :meth:`MSGM.fit` runs one after the other:
 :func:`msgm_pp.train` trains the network.
 """
 
+import dataclasses
 import json
 import numbers
 from collections.abc import Sequence
@@ -37,14 +38,24 @@ from msgm_pp.norm_models import AbstractNormModel, fit_norm_model
 from msgm_pp.samplers import reverse_directions
 from msgm_pp.schedule import mixing_schedule
 from msgm_pp.score import TangentScore
-from msgm_pp.score_based import ScoreBasedDistribution, fit_built, flat_points, split_training
+from msgm_pp.score_based import (
+    Candidate,
+    ScoreBasedDistribution,
+    fit_built,
+    flat_points,
+    split_training,
+)
 from msgm_pp.serialization import serializable
 from msgm_pp.sphere import log_norm
 from msgm_pp.training import TrainingHistory
 
-VALIDATION_DENSITY_STEPS = 32
-# (ScoreMLP direction_scale, weight decay) of the fits that `MSGM.fit` chooses from by default.
-DEFAULT_CANDIDATES = ((1.0, 0.0), (1.0, 0.1), (8.0, 0.1))
+# Extrapolated, so that laws whose directions are concentrated (where 32 plain steps read up to
+# 0.09 nats high) are not preferred over diffuse ones.
+VALIDATION_DENSITY = ODEDensity(steps=32, extrapolate=True)
+# The fits that `MSGM.fit` chooses from by default: each (ScoreMLP direction_scale, weight decay)
+# in each of these coordinates.
+DEFAULT_NETWORKS = ((1.0, 0.0), (8.0, 0.1))
+DEFAULT_NORMALIZATIONS = ("none", "shape")
 
 
 def make_noise(noise, dim: int, *, key) -> AbstractNoise:
@@ -91,9 +102,11 @@ class MSGM(ScoreBasedDistribution):
     - `sampler`: :class:`~msgm_pp.SDESampler` (default, 128 steps) or :class:`~msgm_pp.ODESampler`,
       how `sample` integrates the reverse dynamics;
     - `density`: :class:`~msgm_pp.ODEDensity`, the probability-flow ODE of `log_prob`: its Heun
-      `steps` (default 64; the error falls as 1/steps²; on the paper's Cauchy task its mean is
-      0.006 nats at 64 steps) and `trace`, :class:`~msgm_pp.ExactTrace` (the default for d <= 64)
-      or :class:`~msgm_pp.HutchinsonTrace` (an unbiased estimate, the default above).
+      `steps` (default 64; the error falls as 1/steps²: on trained models of the paper's task and
+      of a Student-t at d = 8 the mean reads 0.018–0.019 nats high at 64 steps and 0.001 with
+      `extrapolate=True`, benchmarks/density_steps.py) and `trace`, :class:`~msgm_pp.ExactTrace`
+      (the default for d <= 64) or :class:`~msgm_pp.HutchinsonTrace` (an unbiased estimate, the
+      default above).
 
     `log_prob` is −inf at the origin of y (x = loc) and at infinite entries, and NaN for NaN
     entries.
@@ -294,13 +307,14 @@ class MSGM(ScoreBasedDistribution):
 
     def validation_criterion(self, name=None):
         """The early-stopping criterion for :func:`msgm_pp.train`: "likelihood", the held-out
-        log-likelihood of the first 1024 validation rows by a 32-step probability-flow ODE
-        (:class:`~msgm_pp.density.HeldOutNegLogLikelihood`), or "loss", the training loss on noised
+        log-likelihood of the first 1024 validation rows by the probability-flow ODE with 32 steps,
+        extrapolated (`ODEDensity(32, extrapolate=True)`,
+        :class:`~msgm_pp.density.HeldOutNegLogLikelihood`), or "loss", the training loss on noised
         copies of them (returned as None). None picks "likelihood" for d <= 32 and "loss" above,
         where an exact trace costs more than the training it checks."""
         if self._validation_name(name) == "loss":
             return None
-        density = ODEDensity(steps=VALIDATION_DENSITY_STEPS, trace=self.density.trace)
+        density = dataclasses.replace(VALIDATION_DENSITY, trace=self.density.trace)
         return HeldOutNegLogLikelihood(self.score, self.norm_model, density)
 
     def _validation_name(self, name) -> str:
@@ -333,7 +347,7 @@ class MSGM(ScoreBasedDistribution):
         ema_decay: float | None = None,
         norm: str = "kde+gpd",
         norm_options: dict | None = None,
-        normalization="none",
+        normalization=None,
         t_eps: float = 1e-3,
         forward_steps: int = 16,
         weighting: str | None = None,
@@ -346,8 +360,10 @@ class MSGM(ScoreBasedDistribution):
         """Build an MSGM for `data` and train its network: :meth:`build`, then :func:`msgm_pp.train`.
 
         Args:
-            data, key, noise, net, schedule, norm, norm_options, normalization, t_eps, sampler,
-                density: see :meth:`build`.
+            data, key, noise, net, schedule, norm, norm_options, t_eps, sampler, density: see
+                :meth:`build`.
+            normalization: see :meth:`build`; None (the default) is "none" or, in the default
+                fit below, chosen between "none" and "shape".
             loss: "dsm" (exact heat-kernel target; the default for isotropic noise with d <= 32),
                 "ssm" (the paper's sliced score matching; the default otherwise) or "ism".
             forward_steps: integrator steps for the forward draws where they are not exact.
@@ -367,10 +383,12 @@ class MSGM(ScoreBasedDistribution):
                 of them, e.g. (0.0, 0.1): one fit with each, same key and validation rows, and the
                 one with the lowest validation score is kept; or pass any optax `optimizer`.
                 With none of `net`, `weight_decay` and `optimizer` given and validation rows
-                (`validation_fraction` > 0), vector data get the same choice among three fits,
-                :meth:`default_candidates`: the default network with λ = 0 and 0.1, and a
-                network rougher in u (`ScoreMLP(direction_scale=8)`) with λ = 0.1; this costs
-                three fits. `history.settings` records the candidates' scores and the choice.
+                (`validation_fraction` > 0), vector data get the same choice between the default
+                network with λ = 0 and a network rougher in u (`ScoreMLP(direction_scale=8)`)
+                with λ = 0.1 (:meth:`default_candidates`); with `normalization` None too, each
+                in the data's coordinates and, where the validation is "likelihood", whitened by
+                Tyler's shape matrix (`normalization="shape"`): four fits, compared in nats per
+                point of the data. `history.settings` records the scores and the choice.
             validation: the early-stopping criterion: "likelihood" or "loss"; None picks by
                 dimension (see :meth:`validation_criterion`).
             batch_size: rows per step; None takes :meth:`default_batch_size`.
@@ -389,22 +407,42 @@ class MSGM(ScoreBasedDistribution):
                 "(capped on lattices)."
             )
             weighting = "variance" if deprecated.pop("weighted") else "none"
-        model = cls.build(
-            data,
-            key=key,
-            noise=noise,
-            net=net,
-            schedule=schedule,
-            norm=norm,
-            norm_options=norm_options,
-            normalization=normalization,
-            t_eps=t_eps,
-            sampler=sampler,
-            density=density,
-            **deprecated,
+        searched = (
+            net is None and weight_decay is None and optimizer is None and bool(validation_fraction)
         )
+
+        def built(normalization):
+            return cls.build(
+                data,
+                key=key,
+                noise=noise,
+                net=net,
+                schedule=schedule,
+                norm=norm,
+                norm_options=norm_options,
+                normalization=normalization,
+                t_eps=t_eps,
+                sampler=sampler,
+                density=density,
+                **deprecated,
+            )
+
+        model = built("none" if normalization is None else normalization)
         loss = model.loss(loss, forward_steps=forward_steps, weighting=weighting)
-        searched = net is None and weight_decay is None and optimizer is None
+        candidates = model.default_candidates(key, data, tail_emphasis) if searched else None
+        if candidates is not None and normalization is None:
+            by_normalization = {"none": candidates}
+            if model._validation_name(validation) == "likelihood" and len(data) > model.dim:
+                whitened = built("shape")
+                by_normalization["shape"] = whitened.default_candidates(key, data, tail_emphasis)
+            candidates = [
+                candidate._replace(
+                    label=f"normalization={name}, {candidate.label}",
+                    settings={"normalization": name},
+                )
+                for name, group in by_normalization.items()
+                for candidate in group
+            ]
         return fit_built(
             model,
             data,
@@ -431,40 +469,40 @@ class MSGM(ScoreBasedDistribution):
                 net=type(model.score.net).__name__ if net is None else "custom",
                 norm=norm,
                 norm_options=json.dumps(norm_options or {}, sort_keys=True),
-                normalization=normalization if isinstance(normalization, str) else "custom",
+                normalization=_normalization_name(normalization),
                 t_eps=model.score.t_eps,
                 tail_emphasis=float(tail_emphasis),
                 forward_steps=forward_steps,
                 weighting=loss.weighting,
                 validation=model._validation_name(validation),
             ),
-            candidates=model.default_candidates(key) if searched and validation_fraction else None,
+            candidates=candidates,
         )
 
-    def default_candidates(self, key) -> list | None:
-        """What :meth:`fit` trains when given no `net`, `weight_decay` or `optimizer`: for the
-        default :class:`~msgm_pp.ScoreMLP` of vector data, (label, model, weight decay) for each
-        pair of `direction_scale` and weight decay in `DEFAULT_CANDIDATES`, all from the network
-        initialisation that `build(key=key)` makes; None (train this model as it is) for other
+    def default_candidates(self, key, data=None, tail_emphasis: float = 0.0) -> list | None:
+        """The fits in this model's coordinates that :meth:`fit` chooses from by default: for the
+        default :class:`~msgm_pp.ScoreMLP` of vector data, a :class:`~msgm_pp.score_based.Candidate`
+        for each pair of `direction_scale` and weight decay in `DEFAULT_NETWORKS`, all from the
+        network initialisation that `build(key=key)` makes, with the rows of `data` weighted by
+        :meth:`tail_weights` (`tail_emphasis`); None (train this model as it is) for other
         networks.
 
-        Which is best depends on the law: λ = 0.1 on the Student-t at d = 16 (0.31 → 0.16 nats
-        from the truth), the rougher network with λ = 0.1 on independent coordinates (iid Cauchy
-        at d = 16: 10.8 → 3.1), on the correlated Cauchy at d = 16 (3.5 → 3.1) and on a random walk
-        with Student-t steps (0.82 → 0.71), while on the paper's task (d = 4) the three are within
-        0.02 nats of each other (benchmarks/network_candidates.py)."""
+        Which is best depends on the law: the rougher network learns independent coordinates
+        (iid Cauchy at d = 16: 10.8 → 3.1 nats from the truth) and a random walk with Student-t
+        steps (0.82 → 0.71), and overfits smooth laws (benchmarks/network_candidates.py)."""
         net = self.score.net
         if type(net) is not ScoreMLP or net.direction_scale != 1.0:
             return None
         net_key = jax.random.split(check_key(key), 3)[1]  # the key `build` initialised `net` with
+        row_weights = None if data is None else self.tail_weights(data, tail_emphasis)
         candidates = []
-        for direction_scale, decay in DEFAULT_CANDIDATES:
+        for direction_scale, decay in DEFAULT_NETWORKS:
             start = self
             if direction_scale != 1.0:
                 rougher = ScoreMLP(self.dim, key=net_key, direction_scale=direction_scale)
                 start = self.with_network(rougher)
             label = f"direction_scale={direction_scale:g}, weight_decay={decay:g}"
-            candidates.append((label, start, decay))
+            candidates.append(Candidate(label, start, decay, row_weights, {}))
         return candidates
 
     def _draw_chunk(self, key, chunk_size: int):
@@ -480,6 +518,12 @@ class MSGM(ScoreBasedDistribution):
         y = self.coordinates.normalise(x)
         log_p = log_prob_point(self.score, self.norm_model, y, self.density, key)
         return log_p + self.coordinates.log_abs_det()
+
+
+def _normalization_name(normalization) -> str:
+    if normalization is None:
+        return "none"
+    return normalization if isinstance(normalization, str) else "custom"
 
 
 def _normalised(coordinates: CoordinateScaling | None, x):

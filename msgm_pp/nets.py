@@ -141,8 +141,8 @@ class ScoreMLP(_MLPConfig, eqx.Module):
     density, the loss of assuming uniform directions, and 10.8 nats at d = 16. With c = 8 the
     pre-activations are O(1) and the same fits reach 0.07 and 3.1 nats; on laws with smooth
     angular densities (the multivariate Student-t) the same roughness fits the training points
-    instead (benchmarks/network_candidates.py). :meth:`msgm_pp.MSGM.fit` trains it as one of three
-    candidates and keeps the one with the best validation likelihood."""
+    instead (benchmarks/network_candidates.py). :meth:`msgm_pp.MSGM.fit` trains it as one of its
+    default candidates and keeps the one with the best validation likelihood."""
 
     mlp: eqx.nn.MLP
     features: TimeFeatures

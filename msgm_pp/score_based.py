@@ -21,7 +21,7 @@ import json
 import math
 import numbers
 import warnings
-from typing import ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -145,10 +145,9 @@ def fit_built(
     `learning_rate` is None and no weight decay when `weight_decay` is None), and record the
     settings in the history.
 
-    Several candidates — a sequence of weight decays, or `candidates`, (label, model, weight
-    decay) triples that share `model`'s norm model and coordinates — are each trained with the same
-    key, so on the same validation rows, and the fit with the lowest validation score is kept;
-    the history records every candidate's score."""
+    Several candidates — a sequence of weight decays, or `candidates` (:class:`Candidate`) — are
+    each trained with the same key, so on the same validation rows, and the fit with the lowest
+    :func:`validation_score` is kept; the history records every candidate's score."""
     if optimizer is not None and weight_decay is not None:
         raise ValueError(
             "`weight_decay` sets the default optimiser's decay; with your own `optimizer`, put the "
@@ -163,30 +162,49 @@ def fit_built(
     rate = cosine_learning_rate(training["max_steps"]) if learning_rate is None else learning_rate
     if candidates is None:
         candidates = [
-            (f"weight_decay={decay:g}", model, decay)
+            Candidate(f"weight_decay={decay:g}", model, decay, training.get("row_weights"), {})
             for decay in _weight_decays(model, weight_decay, training)
         ]
     fits = {}
-    for label, start, decay in candidates:
-        optimizer = make_optimizer(rate, clip_norm, decay)
-        trained = train(start, data, key=key, loss=loss, optimizer=optimizer, **training)
-        fits[label] = (trained, decay)
+    for candidate in candidates:
+        optimizer = make_optimizer(rate, clip_norm, candidate.weight_decay)
+        options = dict(training, row_weights=candidate.row_weights)
+        trained = train(candidate.model, data, key=key, loss=loss, optimizer=optimizer, **options)
+        fits[candidate.label] = (trained, candidate)
         if trained.history.stop_reason == "interrupted":  # Ctrl-C ends the search too
             break
     if len(candidates) == 1:
-        ((trained, decay),) = fits.values()
-        recorded = optimizer_settings(learning_rate, clip_norm, decay, None)
+        ((trained, candidate),) = fits.values()
+        recorded = optimizer_settings(learning_rate, clip_norm, candidate.weight_decay, None)
         return _with_settings(trained, settings, recorded)
-    scores = {
-        label: float(np.nanmin(trained.history.validation_loss))
-        for label, (trained, _) in fits.items()
-    }
-    label = min(scores, key=scores.get)
-    trained, decay = fits[label]
-    recorded = optimizer_settings(learning_rate, clip_norm, decay, None)
-    recorded["candidate"] = label
+    scores = {label: validation_score(trained) for label, (trained, _) in fits.items()}
+    trained, candidate = fits[min(scores, key=scores.get)]
+    recorded = optimizer_settings(learning_rate, clip_norm, candidate.weight_decay, None)
+    recorded["candidate"] = candidate.label
     recorded["validation_by_candidate"] = json.dumps(scores)
-    return _with_settings(trained, settings, recorded)
+    return _with_settings(trained, {**settings, **candidate.settings}, recorded)
+
+
+class Candidate(NamedTuple):
+    """One fit that :func:`fit_built` trains and compares with the others by validation score:
+    the built `model` to train, its optimiser's `weight_decay`, the `row_weights` of its training
+    rows (None: uniform) and the `settings` its history records if it is kept."""
+
+    label: str
+    model: Any
+    weight_decay: float
+    row_weights: Any
+    settings: dict
+
+
+def validation_score(trained) -> float:
+    """The best validation score of a trained model, in units of the data x: a likelihood criterion
+    scores the coordinates y = W(x − loc), and −log p(x) = −log p(y) − log |det W|, so candidates
+    with different coordinates compare fairly (with the loss criterion, which candidates with
+    the same coordinates only share, every score moves by the same constant)."""
+    best = float(np.nanmin(trained.history.validation_loss))
+    coordinates = getattr(trained, "coordinates", None)
+    return best if coordinates is None else best - float(coordinates.log_abs_det())
 
 
 def _weight_decays(model, weight_decay, training) -> tuple:

@@ -15,7 +15,8 @@ import msgm_pp as mp
 from msgm_pp import score_based
 from msgm_pp.datasets import CorrelatedCauchy
 from msgm_pp.losses import perturb_directions
-from msgm_pp.msgm import DEFAULT_CANDIDATES
+from msgm_pp.msgm import DEFAULT_NETWORKS, DEFAULT_NORMALIZATIONS
+from msgm_pp.score_based import validation_score
 
 D = 4
 # One fit (weight_decay=0), the 0.9 default: the three-fit default search has tests of its own.
@@ -329,26 +330,67 @@ def test_several_weight_decays_keep_the_fit_with_the_lowest_validation_score(cau
         mp.MSGM.fit(data[:400], weight_decay="0.1", **settings)
 
 
-def test_default_fit_keeps_the_best_of_its_three_candidates(cauchy):
-    """With no net, weight decay or optimizer given, fit trains the default network with λ = 0
-    and 0.1 and the rougher network with λ = 0.1 from one initialisation and key, and keeps the
-    lowest validation score: bit for bit the fit of that candidate alone."""
+def test_default_fit_keeps_the_best_of_its_four_candidates(cauchy):
+    """With no net, weight decay, optimizer or normalization given, fit trains the default
+    network with λ = 0 and the rougher network with λ = 0.1, each in the data's coordinates and
+    whitened by Tyler's shape matrix, from one initialisation and key, and keeps the lowest
+    validation score in nats per point of the data: bit for bit the fit of that candidate alone,
+    whose history records the normalization."""
     _, data, _ = cauchy
     key = jax.random.key(5)
     settings = dict(max_steps=60, eval_every=20, progress=False)
     chosen = mp.MSGM.fit(data[:400], key=key, **settings)
     recorded = dict(chosen.history.settings)
     scores = json.loads(recorded["validation_by_candidate"])
-    expected = [
-        f"direction_scale={scale:g}, weight_decay={decay:g}" for scale, decay in DEFAULT_CANDIDATES
-    ]
-    assert list(scores) == expected and recorded["candidate"] == min(scores, key=scores.get)
-    scale, decay = DEFAULT_CANDIDATES[expected.index(recorded["candidate"])]
+    expected = {
+        f"normalization={name}, direction_scale={scale:g}, weight_decay={decay:g}": (
+            name,
+            scale,
+            decay,
+        )
+        for name in DEFAULT_NORMALIZATIONS
+        for scale, decay in DEFAULT_NETWORKS
+    }
+    assert list(scores) == list(expected) and recorded["candidate"] == min(scores, key=scores.get)
+    name, scale, decay = expected[recorded["candidate"]]
     assert chosen.score.net.direction_scale == scale and recorded["weight_decay"] == decay
+    assert recorded["normalization"] == name
     net = mp.ScoreMLP(D, key=jax.random.split(key, 3)[1], direction_scale=scale)
-    alone = mp.MSGM.fit(data[:400], key=key, net=net, weight_decay=decay, **settings)
-    assert float(np.min(alone.history.validation_loss)) == scores[recorded["candidate"]]
+    alone = mp.MSGM.fit(
+        data[:400], key=key, net=net, weight_decay=decay, normalization=name, **settings
+    )
+    assert validation_score(alone) == scores[recorded["candidate"]]
     assert_same_network(chosen, alone)
+    assert eqx.tree_equal(chosen.coordinates, alone.coordinates)
+
+
+def test_a_given_normalization_keeps_the_choice_of_network(cauchy):
+    """normalization="shape" (or "none") fixes the coordinates; the two networks still compete."""
+    _, data, _ = cauchy
+    settings = dict(key=jax.random.key(0), max_steps=20, eval_every=10, progress=False)
+    for name in ("none", "shape"):
+        fitted = mp.MSGM.fit(data[:400], normalization=name, **settings)
+        recorded = dict(fitted.history.settings)
+        labels = [
+            f"direction_scale={scale:g}, weight_decay={decay:g}"
+            for scale, decay in DEFAULT_NETWORKS
+        ]
+        assert list(json.loads(recorded["validation_by_candidate"])) == labels
+        assert recorded["normalization"] == name
+
+
+def test_candidates_in_other_coordinates_are_scored_in_units_of_the_data(cauchy):
+    """A model of y = W x has log p(x) = log p(y) + log |det W|: the score that compares candidates
+    is the validation criterion (in units of y) minus log |det W|, so the same network on data
+    scaled by 10 scores log 10⁴ nats higher, and equal in the data's units after the shift."""
+    _, data, _ = cauchy
+    settings = dict(key=jax.random.key(3), max_steps=20, eval_every=10, progress=False)
+    plain = mp.MSGM.fit(data[:400], weight_decay=0.0, **settings)
+    scaling = mp.CoordinateScaling(jnp.zeros(D), jnp.full(D, 0.1))
+    scaled = mp.MSGM.fit(data[:400], weight_decay=0.0, normalization=scaling, **settings)
+    raw = {m: float(np.nanmin(m.history.validation_loss)) for m in (plain, scaled)}
+    np.testing.assert_allclose(raw[scaled] - raw[plain], D * np.log(10.0), atol=2e-3)
+    np.testing.assert_allclose(validation_score(scaled), validation_score(plain), atol=2e-3)
 
 
 @pytest.mark.parametrize(
@@ -364,8 +406,9 @@ def test_default_fit_keeps_the_best_of_its_three_candidates(cauchy):
 def test_a_fit_told_what_to_train_trains_once(cauchy, options):
     _, data, _ = cauchy
     fitted = mp.MSGM.fit(data[:400], key=jax.random.key(0), max_steps=20, progress=False, **options)
-    assert "candidate" not in dict(fitted.history.settings)
-    assert fitted.score.net.direction_scale == 1.0
+    recorded = dict(fitted.history.settings)
+    assert "candidate" not in recorded and recorded["normalization"] == "none"
+    assert fitted.score.net.direction_scale == 1.0 and fitted.coordinates is None
 
 
 def test_weight_decay_with_a_custom_optimizer_or_an_mlp_free_net_is_refused(cauchy):
@@ -424,13 +467,14 @@ def test_old_density_spellings_mean_what_they_meant():
 
 def test_likelihood_validation_is_the_held_out_log_density(cauchy):
     """The default criterion for d <= 32 is −mean log p of the validation rows (the model's
-    coordinates, by a 32-step ODE): it equals log_prob of the same points with those settings."""
+    coordinates, by a 32-step ODE, extrapolated): it equals log_prob of the same points with those
+    settings."""
     _, data, model = cauchy
     assert dict(model.history.settings)["validation"] == "likelihood"
     criterion = model.validation_criterion()
     rows = data[:50]
     value = criterion(model.score.net, model.training_data(rows), jax.random.key(0))
-    reference = model.with_options(density=mp.ODEDensity(32)).log_prob(rows)
+    reference = model.with_options(density=mp.ODEDensity(32, extrapolate=True)).log_prob(rows)
     np.testing.assert_allclose(float(value), -float(jnp.mean(reference)), rtol=1e-4)
     assert model.validation_criterion("loss") is None
     with pytest.raises(ValueError, match="validation"):
