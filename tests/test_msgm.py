@@ -497,12 +497,12 @@ def test_the_old_weighted_keyword_maps_to_a_weighting(cauchy):
 
 @pytest.mark.slow
 def test_held_out_likelihood_is_close_to_the_truth_on_the_paper_task():
-    """The paper's task with the default recipe cut to 8000 steps (three fits, about 40 s): the
-    held-out log-likelihood of 2000 points is within 0.4 nats of the analytic density. Measured
-    with 0.10: 0.178 (the fit kept the 0.9 candidate, as 0.9 measured 0.18), with a paired
-    standard error of 0.023; seeds of data and training move the gap by about 0.05
-    (benchmarks/density.py), so 0.4 is 4 standard deviations of both above the measurement. The
-    0.2 recipe at the same length is 0.56 nats away."""
+    """The paper's task with the default recipe cut to 8000 steps (four fits, about 100 s): the
+    held-out log-likelihood of 2000 points is within 0.3 nats of the analytic density. Measured
+    with 0.11: 0.103 (the fit kept the whitened rough candidate), with a paired standard error of
+    0.018; seeds of data and training move the gap by about 0.05 (benchmarks/density.py), so 0.3
+    is 3.7 standard deviations of both above the measurement. 0.10's default fit measured 0.178
+    here and 0.2's recipe 0.56."""
     task = CorrelatedCauchy.paper_task(d=4, seed=0)
     train_key, test_key, fit_key = jax.random.split(jax.random.key(11), 3)
     train = task.sample(train_key, (8192,))
@@ -510,15 +510,16 @@ def test_held_out_likelihood_is_close_to_the_truth_on_the_paper_task():
     model = mp.MSGM.fit(train, key=fit_key, max_steps=8000, progress=False)
     log_p = model.with_options(density=mp.ODEDensity(128)).log_prob(test)
     gap = float(jnp.mean(task.log_prob(test) - log_p))
-    assert gap < 0.4
+    assert gap < 0.3
 
 
 @pytest.mark.slow
 def test_independent_coordinates_are_learned():
     """Independent Cauchy coordinates of one scale, d = 4: the law has no quadratic angular part,
     and 0.9's default network stayed 1.22 nats from it on held-out points (the loss of uniform
-    directions; 1.25 after 3000 steps in a development run). The default fit, 3000 steps, must be within 0.5 nats.
-    Measured: 0.097, with a paired standard error of 0.012 over the 2000 test points."""
+    directions; 1.25 after 3000 steps in a development run). The default fit, 3000 steps, must be
+    within 0.5 nats. Measured: 0.097 (0.10 and 0.11), with a paired standard error of 0.012 over
+    the 2000 test points."""
     task = CorrelatedCauchy(np.eye(4))
     train_key, test_key, fit_key = jax.random.split(jax.random.key(12), 3)
     train = task.sample(train_key, (8192,))
