@@ -95,7 +95,7 @@ class ODEDensity(eqx.Module):
     Heun's error in log p falls as 1/steps², so with `extrapolate=True` the result is Richardson's
     (4 L(steps) − L(steps/2)) / 3 from a second solve with half the steps (1.5× the cost; `steps`
     even), which cancels the leading error term: at 32 steps on a Student-t (d = 8) and on the
-    paper's Cauchy task, 0.009 and 0.012 nats from the converged value against 0.07 and 0.09
+    paper's Cauchy task, 0.009 and 0.012 nats from the converged value against 0.074 and 0.080
     without it (`benchmarks/density_steps.py`)."""
 
     steps: int = eqx.field(static=True, default=64)

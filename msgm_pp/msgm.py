@@ -49,8 +49,8 @@ from msgm_pp.serialization import serializable
 from msgm_pp.sphere import log_norm
 from msgm_pp.training import TrainingHistory
 
-# Extrapolated, so that laws whose directions are concentrated (where 32 plain steps read up to
-# 0.09 nats high) are not preferred over diffuse ones.
+# Extrapolated, so that laws whose directions are concentrated (where 32 plain steps read about
+# 0.08 nats high, benchmarks/density_steps.py) are not preferred over diffuse ones.
 VALIDATION_DENSITY = ODEDensity(steps=32, extrapolate=True)
 # The fits that `MSGM.fit` chooses from by default: each (ScoreMLP direction_scale, weight decay)
 # in each of these coordinates.
