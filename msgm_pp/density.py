@@ -129,13 +129,24 @@ class ODEDensity(eqx.Module):
         return jax.random.key(self.trace.seed if isinstance(self.trace, HutchinsonTrace) else 0)
 
 
-def extrapolated(log_p_with_steps, density: ODEDensity, key):
-    """`log_p_with_steps(steps, key)` at `density.steps`, or with `density.extrapolate` the
-    Richardson combination with half the steps (see :class:`ODEDensity`)."""
-    fine = log_p_with_steps(density.steps, key)
+def solve_log_density(velocity, y0, score, density: ODEDensity, key, readout, **geometry):
+    """readout(y_T, ∫ div F dτ) of the probability-flow solve from y0 (see
+    :func:`integrate_log_density`) on `score`'s time grid with `density`'s steps, trace and probes
+    drawn from `key`; with `density.extrapolate`, Richardson's combination with a solve of half
+    the steps (see :class:`ODEDensity`)."""
+
+    def solve(steps, key):
+        times = time_grid(score.schedule, score.t_eps, steps, y0.dtype)
+        probes = density.trace.probes(key, steps, y0.size, y0.dtype)
+        y_end, integral = integrate_log_density(
+            velocity, y0, times, score.tau, density.trace, probes, **geometry
+        )
+        return readout(y_end, integral)
+
+    fine = solve(density.steps, key)
     if not density.extrapolate:
         return fine
-    coarse = log_p_with_steps(density.steps // 2, jax.random.fold_in(key, 1))
+    coarse = solve(density.steps // 2, jax.random.fold_in(key, 1))
     return (4 * fine - coarse) / 3
 
 
@@ -191,20 +202,16 @@ def log_prob_point(score: TangentScore, norm_model: AbstractNormModel, x, densit
         0-homogeneous in y, so that its divergence in R^d is the divergence on the sphere."""
         return -0.5 * score.drift(y / jnp.linalg.norm(y), log_r, s)
 
-    def divergence_integral(steps, key):
-        _, integral = integrate_log_density(
-            velocity,
-            u,
-            time_grid(score.schedule, score.t_eps, steps, u.dtype),
-            score.tau,
-            density.trace,
-            density.trace.probes(key, steps, d, u.dtype),
-            exp=geodesic_step,
-            transport=project_tangent,
-        )
-        return integral
-
-    divergence = extrapolated(divergence_integral, density, key)
+    divergence = solve_log_density(
+        velocity,
+        u,
+        score,
+        density,
+        key,
+        lambda _, integral: integral,
+        exp=geodesic_step,
+        transport=project_tangent,
+    )
     latent = norm_model.log_prob(log_r) - d * log_r - log_sphere_area(d)
     return jnp.where(regular, latent + divergence, irregular_log_prob(x))
 

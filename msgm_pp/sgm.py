@@ -33,11 +33,11 @@ from jax.scipy.stats import norm as std_normal
 
 from msgm_pp._checks import check_key
 from msgm_pp.coordinates import normalization_of
-from msgm_pp.density import extrapolated, integrate_log_density, irregular_log_prob
+from msgm_pp.density import irregular_log_prob, solve_log_density
 from msgm_pp.heun import heun_step
 from msgm_pp.nets import TimeMLP
 from msgm_pp.samplers import SDESampler, reverse_times
-from msgm_pp.schedule import LinearSchedule, time_grid
+from msgm_pp.schedule import LinearSchedule
 from msgm_pp.score_based import ScoreBasedDistribution, fit_built, flat_points, split_training
 from msgm_pp.serialization import serializable
 from msgm_pp.training import TrainingHistory
@@ -171,16 +171,10 @@ def log_prob_point(score: VPScore, x, density, key):
     regular = jnp.all(jnp.isfinite(x))
     y0 = score.normalise(jnp.where(regular, x, score.loc))
     velocity = lambda y, t: _velocity(score, y, t)
-
-    def log_p_normalised(steps, key):
-        times = time_grid(score.schedule, score.t_eps, steps, y0.dtype)
-        probes = density.trace.probes(key, steps, score.dim, y0.dtype)
-        y_T, divergence = integrate_log_density(
-            velocity, y0, times, score.tau, density.trace, probes
-        )
-        return jnp.sum(std_normal.logpdf(y_T)) + divergence
-
-    log_p = extrapolated(log_p_normalised, density, key) - jnp.sum(jnp.log(score.scale))
+    log_p_normalised = solve_log_density(
+        velocity, y0, score, density, key, lambda y_T, div: jnp.sum(std_normal.logpdf(y_T)) + div
+    )
+    log_p = log_p_normalised - jnp.sum(jnp.log(score.scale))
     return jnp.where(regular, log_p, irregular_log_prob(x))
 
 
@@ -295,7 +289,7 @@ class SGM(ScoreBasedDistribution):
             data, key, net, schedule, normalization, t_eps, sampler, density: see :meth:`build`.
             loss: "dsm" (default) or "ssm" (the paper's comparison).
             The other arguments are those of :meth:`MSGM.fit`; early stopping uses the loss,
-                and by default the SGM trains one network (λ = 0), not `MSGM.fit`'s three.
+                and by default the SGM trains one network (λ = 0), not `MSGM.fit`'s candidates.
 
         Returns:
             The trained SGM; its `history` holds the losses and the settings.
