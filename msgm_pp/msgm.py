@@ -429,12 +429,14 @@ class MSGM(ScoreBasedDistribution):
 
         model = built("none" if normalization is None else normalization)
         loss = model.loss(loss, forward_steps=forward_steps, weighting=weighting)
-        candidates = model.default_candidates(key, data, tail_emphasis) if searched else None
+        row_weights = model.tail_weights(data, tail_emphasis)
+        candidates = model.default_candidates(key, row_weights) if searched else None
         if candidates is not None and normalization is None:
             by_normalization = {"none": candidates}
             if model._validation_name(validation) == "likelihood" and len(data) > model.dim:
                 whitened = built("shape")
-                by_normalization["shape"] = whitened.default_candidates(key, data, tail_emphasis)
+                whitened_weights = whitened.tail_weights(data, tail_emphasis)
+                by_normalization["shape"] = whitened.default_candidates(key, whitened_weights)
             candidates = [
                 candidate._replace(
                     label=f"normalization={name}, {candidate.label}",
@@ -460,7 +462,7 @@ class MSGM(ScoreBasedDistribution):
                 eval_every=eval_every,
                 validation=validation,
                 ema_decay=ema_decay,
-                row_weights=model.tail_weights(data, tail_emphasis),
+                row_weights=row_weights,
                 progress=progress,
             ),
             settings=dict(
@@ -479,13 +481,13 @@ class MSGM(ScoreBasedDistribution):
             candidates=candidates,
         )
 
-    def default_candidates(self, key, data=None, tail_emphasis: float = 0.0) -> list | None:
+    def default_candidates(self, key, row_weights=None) -> list | None:
         """The fits in this model's coordinates that :meth:`fit` chooses from by default: for the
         default :class:`~msgm_pp.ScoreMLP` of vector data, a :class:`~msgm_pp.score_based.Candidate`
         for each pair of `direction_scale` and weight decay in `DEFAULT_NETWORKS`, all from the
-        network initialisation that `build(key=key)` makes, with the rows of `data` weighted by
-        :meth:`tail_weights` (`tail_emphasis`); None (train this model as it is) for other
-        networks.
+        network initialisation that `build(key=key)` makes, training on rows drawn with
+        `row_weights` (for instance :meth:`tail_weights`; None: uniformly); None (train this model
+        as it is) for other networks.
 
         Which is best depends on the law: the rougher network learns independent coordinates
         (iid Cauchy at d = 16: 10.8 → 3.1 nats from the truth) and a random walk with Student-t
@@ -494,7 +496,6 @@ class MSGM(ScoreBasedDistribution):
         if type(net) is not ScoreMLP or net.direction_scale != 1.0:
             return None
         net_key = jax.random.split(check_key(key), 3)[1]  # the key `build` initialised `net` with
-        row_weights = None if data is None else self.tail_weights(data, tail_emphasis)
         candidates = []
         for direction_scale, decay in DEFAULT_NETWORKS:
             start = self
