@@ -26,6 +26,7 @@ from msgm_pp.posterior import TwistedSMC
 from msgm_pp.samplers import ODESampler, SDESampler
 from msgm_pp.schedule import LinearSchedule, mixing_schedule
 from msgm_pp.score import TangentScore
+from msgm_pp.score_based import lowest_validation_score, one_standard_error_rule
 from msgm_pp.serialization import load
 from msgm_pp.sgm import SGM, VPLoss, VPScore, vp_schedule
 from msgm_pp.training import TrainingHistory, fit_network, train
@@ -66,7 +67,9 @@ __all__ = [
     "forward_sample",
     "forward_sample_exact",
     "load",
+    "lowest_validation_score",
     "mixing_schedule",
+    "one_standard_error_rule",
     "train",
     "vp_schedule",
 ]

@@ -231,10 +231,15 @@ class HeldOutNegLogLikelihood(eqx.Module):
     max_rows: int = eqx.field(static=True, default=1024)
 
     def __call__(self, net, batch, key):
+        return jnp.mean(self.per_point(net, batch, key))
+
+    def per_point(self, net, batch, key):
+        """−log p_{t_ε} of each of the first `max_rows` rows: the terms whose mean is the
+        criterion, for comparing two networks row by row (paired differences)."""
         score = eqx.tree_at(lambda sc: sc.net, self.score, net)
         u, log_r = (part[: self.max_rows] for part in batch)
         y = jnp.exp(log_r)[:, None] * u
         log_p = jax.vmap(log_prob_point, in_axes=(None, None, 0, None, None))(
             score, self.norm_model, y, self.density, key
         )
-        return -jnp.mean(log_p)
+        return -log_p

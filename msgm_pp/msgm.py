@@ -352,6 +352,7 @@ class MSGM(ScoreBasedDistribution):
         forward_steps: int = 16,
         weighting: str | None = None,
         tail_emphasis: float = 0.0,
+        selection=None,
         sampler=None,
         density=None,
         progress: bool | None = None,
@@ -380,15 +381,22 @@ class MSGM(ScoreBasedDistribution):
                 (:func:`~msgm_pp.training.make_optimizer`): the learning rate, a number, an optax
                 schedule, or None for :func:`~msgm_pp.training.cosine_learning_rate` (peak 3e-3);
                 the decay λ of the hidden layers' weights (AdamW; 0 is plain Adam), or a sequence
-                of them, e.g. (0.0, 0.1): one fit with each, same key and validation rows, and the
-                one with the lowest validation score is kept; or pass any optax `optimizer`.
+                of them, e.g. (0.0, 0.1): one fit with each, same key and validation rows, and
+                `selection` keeps one; or pass any optax `optimizer`.
                 With none of `net`, `weight_decay` and `optimizer` given and validation rows
                 (`validation_fraction` > 0), vector data get the same choice between the default
                 network with λ = 0 and a network rougher in u (`ScoreMLP(direction_scale=8)`)
                 with λ = 0.1 (:meth:`default_candidates`); with `normalization` None too, each
                 in the data's coordinates and, where the validation is "likelihood", whitened by
                 Tyler's shape matrix (`normalization="shape"`): four fits, compared in nats per
-                point of the data. `history.settings` records the scores and the choice.
+                point of the data, in that order (simplest first). `history.settings` records
+                the scores, the standard errors of their differences from the lowest and the
+                choice.
+            selection: how a fit with several candidates keeps one, a function (scores,
+                standard errors) -> label: None or :func:`~msgm_pp.lowest_validation_score` (the
+                lowest score, the best expected held-out likelihood) or
+                :func:`~msgm_pp.one_standard_error_rule` (the simplest candidate within one
+                standard error of the lowest, for small data sets where the scores are noisy).
             validation: the early-stopping criterion: "likelihood" or "loss"; None picks by
                 dimension (see :meth:`validation_criterion`).
             batch_size: rows per step; None takes :meth:`default_batch_size`.
@@ -479,6 +487,7 @@ class MSGM(ScoreBasedDistribution):
                 validation=model._validation_name(validation),
             ),
             candidates=candidates,
+            selection=selection,
         )
 
     def default_candidates(self, key, row_weights=None) -> list | None:

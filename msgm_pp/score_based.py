@@ -51,6 +51,7 @@ from msgm_pp.training import (
     optimizer_settings,
     record_settings,
     train,
+    validation_terms,
 )
 
 _CHUNK_BUDGET = 2**18  # sample rows × d per compiled chunk: bounded memory for any n
@@ -139,6 +140,7 @@ def fit_built(
     training,
     settings,
     candidates=None,
+    selection=None,
 ):
     """What `MSGM.fit` and `SGM.fit` do after `build`: train with `make_optimizer` unless an
     optimizer is given (with the learning rate `cosine_learning_rate(max_steps)` when
@@ -146,12 +148,20 @@ def fit_built(
     settings in the history.
 
     Several candidates — a sequence of weight decays, or `candidates` (:class:`Candidate`) — are
-    each trained with the same key, so on the same validation rows, and the fit with the lowest
-    :func:`validation_score` is kept; the history records every candidate's score."""
+    each trained with the same key, so on the same validation rows, and `selection` (scores,
+    standard errors) -> label picks the one to keep: :func:`lowest_validation_score` (None, the
+    default) or :func:`one_standard_error_rule`; the history records every candidate's score and
+    the :func:`paired_standard_errors` of its difference from the lowest."""
     if optimizer is not None and weight_decay is not None:
         raise ValueError(
             "`weight_decay` sets the default optimiser's decay; with your own `optimizer`, put the "
             "decay in it (for instance optax.adamw)."
+        )
+    selection = lowest_validation_score if selection is None else selection
+    if not callable(selection):
+        raise TypeError(
+            "`selection` must be a function (scores, standard errors) -> label, such as "
+            f"mp.one_standard_error_rule, got {selection!r}."
         )
     if training["max_steps"] is None:
         training = dict(training, max_steps=model.default_max_steps())
@@ -178,11 +188,82 @@ def fit_built(
         recorded = optimizer_settings(learning_rate, clip_norm, candidate.weight_decay, None)
         return _with_settings(trained, settings, recorded)
     scores = {label: validation_score(trained) for label, (trained, _) in fits.items()}
-    trained, candidate = fits[min(scores, key=scores.get)]
+    terms = {
+        label: validation_nats(
+            trained,
+            data,
+            key=key,
+            validation_fraction=training["validation_fraction"],
+            validation=training["validation"],
+        )
+        for label, (trained, _) in fits.items()
+    }
+    standard_errors = paired_standard_errors(terms, lowest_validation_score(scores, {}))
+    kept = selection(scores, standard_errors)
+    if kept not in fits:
+        raise ValueError(
+            f"`selection` returned {kept!r}, which is none of the candidates {list(fits)}."
+        )
+    trained, candidate = fits[kept]
     recorded = optimizer_settings(learning_rate, clip_norm, candidate.weight_decay, None)
     recorded["candidate"] = candidate.label
+    recorded["selection"] = getattr(selection, "__name__", "custom")
     recorded["validation_by_candidate"] = json.dumps(scores)
+    recorded["standard_error_by_candidate"] = json.dumps(standard_errors)
     return _with_settings(trained, {**settings, **candidate.settings}, recorded)
+
+
+def lowest_validation_score(scores: dict, standard_errors: dict) -> str:
+    """The candidate with the lowest validation score: what `fit` keeps by default, the choice
+    with the best expected held-out likelihood when the scores are unbiased."""
+    return min(scores, key=scores.get)
+
+
+def one_standard_error_rule(scores: dict, standard_errors: dict) -> str:
+    """The first candidate (candidates are listed simplest first) whose validation score exceeds
+    the lowest by at most its standard error (:func:`paired_standard_errors`): the one-standard-
+    error rule (Breiman, Friedman, Olshen & Stone 1984; Hastie, Tibshirani & Friedman 2009,
+    §7.10), so a more complex candidate must beat the simpler ones by more than the noise of the
+    validation rows. It gives up some expected likelihood for robustness on small data sets.
+    Without standard errors (the loss criterion), the lowest score."""
+    if set(standard_errors) != set(scores):
+        return lowest_validation_score(scores, standard_errors)
+    lowest = min(scores.values())
+    return next(label for label in scores if scores[label] - lowest <= standard_errors[label])
+
+
+def paired_standard_errors(terms: dict, best: str) -> dict:
+    """For each candidate, the standard error sd/√n of its per-row validation terms minus those
+    of the candidate `best`, row by row (the candidates share their validation rows, so the
+    difference is paired); {} where any candidate has no per-row terms (None)."""
+    if any(value is None for value in terms.values()):
+        return {}
+    standard_errors = {}
+    for label, value in terms.items():
+        difference = np.asarray(value, np.float64) - np.asarray(terms[best], np.float64)
+        spread = np.std(difference, ddof=1) if difference.size > 1 else 0.0
+        standard_errors[label] = float(spread / math.sqrt(difference.size))
+    return standard_errors
+
+
+def validation_nats(trained, data, *, key, validation_fraction: float = 0.1, validation=None):
+    """Each validation row's −log p(x) in nats, in the units of the data, under the network that
+    :func:`msgm_pp.train` with this `key`, `data`, `validation_fraction` and `validation`
+    returned (:func:`msgm_pp.training.validation_terms` of the likelihood criterion, minus log
+    |det W| of the model's coordinates); None where the criterion is the training loss, whose
+    terms are not per row."""
+    criterion = trained.validation_criterion(validation)
+    if not hasattr(criterion, "per_point"):
+        return None
+    terms = validation_terms(
+        trained.score.net,
+        criterion,
+        trained.training_data(data),
+        key=key,
+        validation_fraction=validation_fraction,
+    )
+    coordinates = getattr(trained, "coordinates", None)
+    return terms if coordinates is None else terms - float(coordinates.log_abs_det())
 
 
 class Candidate(NamedTuple):

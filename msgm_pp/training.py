@@ -240,6 +240,33 @@ def _train_chunk(params, average, static, opt_state, optimizer, loss, data, keys
     return params, average, opt_state, finite_steps, values
 
 
+def _split(key, num_rows: int, validation_fraction: float):
+    """(train rows, validation rows, validation key, train key) of `fit_network(key=key)`."""
+    split_key, validation_key, train_key = jax.random.split(check_key(key), 3)
+    train_rows, validation_rows = split_validation(split_key, num_rows, validation_fraction)
+    return train_rows, validation_rows, validation_key, train_key
+
+
+def validation_terms(net, criterion, data, *, key, validation_fraction: float = 0.1):
+    """The per-row terms `criterion.per_point(net, rows, key)` whose mean is the validation value
+    that :func:`fit_network` with the same `key`, `data` and `validation_fraction` and the
+    criterion `criterion` scores `net` with (one term per validation row that the criterion
+    reads). A network's best validation value is the mean of these terms at its returned
+    parameters, and the terms of two networks trained with the same key pair row by row."""
+    num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
+    _, validation_rows, validation_key, _ = _split(key, num_rows, validation_fraction)
+    if validation_rows.size == 0:
+        raise ValueError("validation_fraction=0 leaves no validation rows to score.")
+    rows = jax.tree_util.tree_map(lambda a: a[validation_rows], data)
+    (evaluation_key,) = jax.random.split(validation_key, 1)  # as `_evaluate` with one repeat
+    return np.asarray(_per_point(criterion, net, rows, evaluation_key))
+
+
+@eqx.filter_jit
+def _per_point(criterion, net, rows, key):
+    return criterion.per_point(net, rows, key)
+
+
 @eqx.filter_jit
 def _evaluate(params, static, loss, data, key, repeats):
     keys = jax.random.split(key, repeats)
@@ -304,9 +331,10 @@ def fit_network(
     if ema_decay is not None and not 0 < ema_decay < 1:
         raise ValueError(f"`ema_decay` must lie in (0, 1) or be None, got {ema_decay!r}.")
     optimizer = make_optimizer(cosine_learning_rate(max_steps)) if optimizer is None else optimizer
-    split_key, validation_key, train_key = jax.random.split(check_key(key), 3)
     num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]
-    train_rows, validation_rows = split_validation(split_key, num_rows, validation_fraction)
+    train_rows, validation_rows, validation_key, train_key = _split(
+        key, num_rows, validation_fraction
+    )
     train_data = jax.tree_util.tree_map(lambda a: a[train_rows], data)
     draw = _Minibatches(
         batch_size,

@@ -330,16 +330,63 @@ def test_several_weight_decays_keep_the_fit_with_the_lowest_validation_score(cau
         mp.MSGM.fit(data[:400], weight_decay="0.1", **settings)
 
 
-def test_default_fit_keeps_the_best_of_its_four_candidates(cauchy):
+@pytest.mark.parametrize("gain, kept", [(0.05, "simple"), (0.3, "complex")])
+def test_the_one_standard_error_rule_keeps_the_simplest_candidate_within_the_noise(gain, kept):
+    """Row differences of ±1 about a mean gain, over 100 rows, have the standard error
+    sd/√n = √(100/99)/10 ≈ 0.1005: a gain of 0.05 is inside it and keeps the simple candidate
+    (listed first), a gain of 0.3 is not; a worse candidate is never kept, and the lowest score
+    is kept whatever the gain by default or without per-row terms."""
+    base = np.linspace(-3.0, 3.0, 100)
+    signs = np.tile([1.0, -1.0], 50)
+    terms = {"simple": base + gain + signs, "complex": base, "worse": base + 1.0}
+    scores = {label: float(np.mean(value)) for label, value in terms.items()}
+    standard_errors = score_based.paired_standard_errors(terms, "complex")
+    np.testing.assert_allclose(standard_errors["simple"], np.std(signs, ddof=1) / 10.0)
+    assert standard_errors["complex"] == 0.0 and standard_errors["worse"] == 0.0
+    assert mp.one_standard_error_rule(scores, standard_errors) == kept
+    assert mp.lowest_validation_score(scores, standard_errors) == "complex"
+    assert score_based.paired_standard_errors(dict(terms, worse=None), "complex") == {}
+    assert mp.one_standard_error_rule(scores, {}) == "complex"
+
+
+def test_validation_nats_are_the_per_row_terms_of_the_validation_score(cauchy):
+    """Their mean is the best validation score in nats of the data, for a model in its data's
+    coordinates and one whitened (whose terms are shifted by −log |det W|)."""
+    _, data, _ = cauchy
+    key = jax.random.key(4)
+    for normalization in ("none", "shape"):
+        model = mp.MSGM.fit(
+            data[:400],
+            key=key,
+            weight_decay=0.0,
+            normalization=normalization,
+            max_steps=40,
+            eval_every=20,
+            progress=False,
+        )
+        terms = score_based.validation_nats(model, data[:400], key=jax.random.split(key, 3)[2])
+        assert terms.shape == (40,)
+        np.testing.assert_allclose(terms.mean(), validation_score(model), rtol=1e-5, atol=1e-5)
+    loss_fit = mp.MSGM.fit(data[:400], key=key, validation="loss", max_steps=20, progress=False)
+    assert score_based.validation_nats(loss_fit, data[:400], key=key, validation="loss") is None
+
+
+@pytest.fixture(scope="module")
+def default_fit(cauchy):
+    """The default fit of 400 rows in 60 steps (four candidates), and its settings."""
+    _, data, _ = cauchy
+    settings = dict(key=jax.random.key(5), max_steps=60, eval_every=20, progress=False)
+    return mp.MSGM.fit(data[:400], **settings), settings
+
+
+def test_default_fit_keeps_the_best_of_its_four_candidates(cauchy, default_fit):
     """With no net, weight decay, optimizer or normalization given, fit trains the default
     network with λ = 0 and the rougher network with λ = 0.1, each in the data's coordinates and
     whitened by Tyler's shape matrix, from one initialisation and key, and keeps the lowest
     validation score in nats per point of the data: bit for bit the fit of that candidate alone,
     whose history records the normalization."""
     _, data, _ = cauchy
-    key = jax.random.key(5)
-    settings = dict(max_steps=60, eval_every=20, progress=False)
-    chosen = mp.MSGM.fit(data[:400], key=key, **settings)
+    chosen, settings = default_fit
     recorded = dict(chosen.history.settings)
     scores = json.loads(recorded["validation_by_candidate"])
     expected = {
@@ -355,13 +402,43 @@ def test_default_fit_keeps_the_best_of_its_four_candidates(cauchy):
     name, scale, decay = expected[recorded["candidate"]]
     assert chosen.score.net.direction_scale == scale and recorded["weight_decay"] == decay
     assert recorded["normalization"] == name
-    net = mp.ScoreMLP(D, key=jax.random.split(key, 3)[1], direction_scale=scale)
-    alone = mp.MSGM.fit(
-        data[:400], key=key, net=net, weight_decay=decay, normalization=name, **settings
-    )
+    net = mp.ScoreMLP(D, key=jax.random.split(settings["key"], 3)[1], direction_scale=scale)
+    alone = mp.MSGM.fit(data[:400], net=net, weight_decay=decay, normalization=name, **settings)
     assert validation_score(alone) == scores[recorded["candidate"]]
     assert_same_network(chosen, alone)
     assert eqx.tree_equal(chosen.coordinates, alone.coordinates)
+
+
+def test_a_selection_rule_chooses_among_the_same_fits(cauchy, default_fit):
+    """`selection` changes only which of the same candidates is kept: the one-standard-error rule
+    keeps the first candidate whose score exceeds the lowest by at most its recorded standard
+    error, and the fits and their scores are those of the default selection."""
+    _, data, _ = cauchy
+    default, settings = default_fit
+    rule = mp.MSGM.fit(data[:400], selection=mp.one_standard_error_rule, **settings)
+    recorded, by_rule = dict(default.history.settings), dict(rule.history.settings)
+    scores = json.loads(recorded["validation_by_candidate"])
+    standard_errors = json.loads(recorded["standard_error_by_candidate"])
+    assert json.loads(by_rule["validation_by_candidate"]) == scores
+    assert json.loads(by_rule["standard_error_by_candidate"]) == standard_errors
+    assert by_rule["selection"] == "one_standard_error_rule"
+    assert recorded["selection"] == "lowest_validation_score"
+    lowest = min(scores.values())
+    assert by_rule["candidate"] == next(
+        label for label in scores if scores[label] - lowest <= standard_errors[label]
+    )
+    assert all(
+        error > 0 for label, error in standard_errors.items() if label != recorded["candidate"]
+    )
+    with pytest.raises(TypeError, match="`selection` must be a function"):
+        mp.MSGM.fit(data[:400], selection="one_standard_error_rule", **settings)
+    with pytest.raises(ValueError, match="returned 'best', which is none of the candidates"):
+        mp.MSGM.fit(
+            data[:400],
+            weight_decay=(0.0, 0.1),
+            selection=lambda scores, errors: "best",
+            **dict(settings, max_steps=10, eval_every=5),
+        )
 
 
 def test_a_given_normalization_keeps_the_choice_of_network(cauchy):

@@ -240,6 +240,30 @@ def test_a_custom_validation_criterion_chooses_the_parameters():
     np.testing.assert_allclose(history.validation_loss[0], 75.0)
 
 
+class SquaredDistance(eqx.Module):
+    """A criterion with per-row terms: the squared distance of each row to the network's point."""
+
+    def per_point(self, net, rows, key):
+        return jnp.sum((rows - net.w) ** 2, axis=1)
+
+    def __call__(self, net, rows, key):
+        return jnp.mean(self.per_point(net, rows, key))
+
+
+def test_validation_terms_are_the_rows_whose_mean_is_the_best_validation_value():
+    """The terms of the rows fit_network held out: their mean is the recorded best value, and
+    they are those rows' own distances (the 50 rows that the key's split leaves out)."""
+    criterion = SquaredDistance()
+    net, history = fit_mean(squared_error, 4, max_steps=300, validation=criterion)
+    terms = train.validation_terms(net, criterion, DATA, key=jax.random.key(4))
+    assert terms.shape == (50,)
+    np.testing.assert_allclose(terms.mean(), np.min(history.validation_loss), rtol=1e-6)
+    _, rows = train.split_validation(jax.random.split(jax.random.key(4), 3)[0], 500, 0.1)
+    np.testing.assert_allclose(terms, np.sum((DATA[rows] - net.w) ** 2, axis=1), rtol=1e-6)
+    with pytest.raises(ValueError, match="no validation rows"):
+        train.validation_terms(net, criterion, DATA, key=jax.random.key(4), validation_fraction=0)
+
+
 def test_the_default_learning_rate_warms_up_then_decays_by_a_cosine():
     schedule = train.cosine_learning_rate(20_000)
     values = np.array([float(schedule(step)) for step in (0, 250, 500, 10_250, 20_000)])
