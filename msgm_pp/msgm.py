@@ -390,13 +390,14 @@ class MSGM(ScoreBasedDistribution):
                 in the data's coordinates and, where the validation is "likelihood", whitened by
                 Tyler's shape matrix (`normalization="shape"`): four fits, compared in nats per
                 point of the data, in that order (simplest first). `history.settings` records
-                the scores, the standard errors of their differences from the lowest and the
-                choice.
+                the scores and the choice.
             selection: how a fit with several candidates keeps one, a function (scores,
                 standard errors) -> label: None or :func:`~msgm_pp.lowest_validation_score` (the
                 lowest score, the best expected held-out likelihood) or
                 :func:`~msgm_pp.one_standard_error_rule` (the simplest candidate within one
                 standard error of the lowest, for small data sets where the scores are noisy).
+                Any other selection than the default also records the standard errors of the
+                candidates' paired per-row differences from the lowest score.
             validation: the early-stopping criterion: "likelihood" or "loss"; None picks by
                 dimension (see :meth:`validation_criterion`).
             batch_size: rows per step; None takes :meth:`default_batch_size`.

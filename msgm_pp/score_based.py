@@ -150,8 +150,10 @@ def fit_built(
     Several candidates — a sequence of weight decays, or `candidates` (:class:`Candidate`) — are
     each trained with the same key, so on the same validation rows, and `selection` (scores,
     standard errors) -> label picks the one to keep: :func:`lowest_validation_score` (None, the
-    default) or :func:`one_standard_error_rule`; the history records every candidate's score and
-    the :func:`paired_standard_errors` of its difference from the lowest."""
+    default) or :func:`one_standard_error_rule`. The history records every candidate's score
+    and, for any other selection than the default (which needs no more), the
+    :func:`paired_standard_errors` of its difference from the lowest: one more evaluation of
+    the validation rows per candidate."""
     if optimizer is not None and weight_decay is not None:
         raise ValueError(
             "`weight_decay` sets the default optimiser's decay; with your own `optimizer`, put the "
@@ -188,17 +190,19 @@ def fit_built(
         recorded = optimizer_settings(learning_rate, clip_norm, candidate.weight_decay, None)
         return _with_settings(trained, settings, recorded)
     scores = {label: validation_score(trained) for label, (trained, _) in fits.items()}
-    terms = {
-        label: validation_nats(
-            trained,
-            data,
-            key=key,
-            validation_fraction=training["validation_fraction"],
-            validation=training["validation"],
-        )
-        for label, (trained, _) in fits.items()
-    }
-    standard_errors = paired_standard_errors(terms, lowest_validation_score(scores, {}))
+    standard_errors = {}
+    if selection is not lowest_validation_score:  # the only selection that ignores them
+        terms = {
+            label: validation_nats(
+                trained,
+                data,
+                key=key,
+                validation_fraction=training["validation_fraction"],
+                validation=training["validation"],
+            )
+            for label, (trained, _) in fits.items()
+        }
+        standard_errors = paired_standard_errors(terms, lowest_validation_score(scores, {}))
     kept = selection(scores, standard_errors)
     if kept not in fits:
         raise ValueError(
@@ -209,7 +213,8 @@ def fit_built(
     recorded["candidate"] = candidate.label
     recorded["selection"] = getattr(selection, "__name__", "custom")
     recorded["validation_by_candidate"] = json.dumps(scores)
-    recorded["standard_error_by_candidate"] = json.dumps(standard_errors)
+    if standard_errors:
+        recorded["standard_error_by_candidate"] = json.dumps(standard_errors)
     return _with_settings(trained, {**settings, **candidate.settings}, recorded)
 
 
