@@ -267,8 +267,7 @@ def validation_nats(trained, data, *, key, validation_fraction: float = 0.1, val
         key=key,
         validation_fraction=validation_fraction,
     )
-    coordinates = getattr(trained, "coordinates", None)
-    return terms if coordinates is None else terms - float(coordinates.log_abs_det())
+    return _in_data_units(trained, terms)
 
 
 class Candidate(NamedTuple):
@@ -288,9 +287,15 @@ def validation_score(trained) -> float:
     scores the coordinates y = W(x − loc), and −log p(x) = −log p(y) − log |det W|, so candidates
     with different coordinates compare fairly (with the loss criterion, which candidates with
     the same coordinates only share, every score moves by the same constant)."""
-    best = float(np.nanmin(trained.history.validation_loss))
+    return _in_data_units(trained, float(np.nanmin(trained.history.validation_loss)))
+
+
+def _in_data_units(trained, negative_log_density):
+    """−log p(x) = −log p(y) − log |det W| for a model of the coordinates y = W(x − loc)."""
     coordinates = getattr(trained, "coordinates", None)
-    return best if coordinates is None else best - float(coordinates.log_abs_det())
+    if coordinates is None:
+        return negative_log_density
+    return negative_log_density - float(coordinates.log_abs_det())
 
 
 def _weight_decays(model, weight_decay, training) -> tuple:
