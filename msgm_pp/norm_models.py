@@ -10,8 +10,8 @@ p_r(r) = p_ℓ(log r)/r.
   adds h·N(0, 1), so samples follow exactly the density that `log_prob` evaluates; the log-density is
   computed on the grid by log-sum-exp (no underflow between sparse tail points) and interpolated by
   cubic Hermite splines (C¹), continued outside the grid by its exact Gaussian tail.
-- :class:`KDEGPDNorm` ("kde+gpd"): the KDE below a threshold u (the (1 − ζ) quantile of r) and a
-  generalised Pareto tail ζ·GPD(r − u; ξ, σ) above it, so samples can exceed the largest training
+- :class:`KDEGPDNorm` ("kde+gpd"): the KDE below a threshold u (the (1 − ζ) quantile of r; ζ = 0.05
+  by default, 10/n on fewer than 200 points) and a generalised Pareto tail ζ·GPD(r − u; ξ, σ) above it, so samples can exceed the largest training
   norm. σ is fixed by continuity of the density at u, and ξ ≥ 0 is the maximum-likelihood estimate
   over the excesses (peaks over threshold); the tail index of the norm is α = 1/ξ. Like every
   peaks-over-threshold estimate it is exact for Pareto-type tails and biased where the tail converges
@@ -241,6 +241,9 @@ def _binned_kde(points, grid, weights, h, chunk=512):
     return log_density, score, cdf
 
 
+DEFAULT_TAIL_FRACTION = 0.05
+
+
 @serializable
 class KDEGPDNorm(AbstractNormModel):
     """KDE body below the threshold u, generalised Pareto tail above; see the module docstring."""
@@ -277,17 +280,29 @@ class KDEGPDNorm(AbstractNormModel):
     def fit(
         cls,
         log_norms,
-        tail_fraction: float = 0.05,
+        tail_fraction: float | None = None,
         bandwidth: float | None = None,
         min_exceedances: int = 10,
     ) -> "KDEGPDNorm":
         """A KDE body and a generalised Pareto tail fitted to the largest `tail_fraction` of the
-        log-norms (see the class docstring)."""
+        log-norms (see the class docstring).
+
+        `tail_fraction` None (the default) is 0.05, or on fewer than 20 · `min_exceedances`
+        points the fraction that leaves `min_exceedances` points above the threshold (10 of 100
+        points: peaks over threshold on small samples keep a fixed small number of exceedances).
+        A given `tail_fraction` is used as it is."""
         values = np.sort(np.asarray(log_norms, dtype=np.float64))
+        n = values.size
+        if tail_fraction is None:
+            tail_fraction = max(DEFAULT_TAIL_FRACTION, min_exceedances / n)
+            if not tail_fraction < 0.5:
+                raise ValueError(
+                    f"the GPD tail needs at least {min_exceedances} points above the threshold "
+                    f"and more below it, and n={n} has too few: use more data or norm='kde'."
+                )
         if not 0 < tail_fraction < 0.5:
             raise ValueError(f"`tail_fraction` must lie in (0, 0.5), got {tail_fraction}.")
         body = KDENorm.fit(values, bandwidth)
-        n = values.size
         num_tail = round(tail_fraction * n)
         if num_tail < min_exceedances:
             raise ValueError(

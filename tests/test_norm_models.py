@@ -193,8 +193,26 @@ def test_bad_data_is_refused_with_row_indices():
 
 
 def test_tail_fit_needs_enough_exceedances():
+    small = student_t(np.random.default_rng(1), 100, 3, 3.0)
     with pytest.raises(ValueError, match="at least 10 points above the threshold"):
-        fit_norm_model(student_t(np.random.default_rng(1), 100, 3, 3.0), "kde+gpd")
+        fit_norm_model(small, "kde+gpd", tail_fraction=0.05)
+    with pytest.raises(ValueError, match="n=20 has too few"):
+        fit_norm_model(small[:20], "kde+gpd")
+
+
+@pytest.mark.parametrize("n", [21, 100, 199])
+def test_small_samples_keep_ten_points_in_the_default_tail(n):
+    """Below 200 points the default tail keeps 10 exceedances instead of refusing the data: the
+    tail's mass is 10/n and the spliced density still integrates to one (trapezoid in ℓ on a grid
+    of step 0.005, whose error is far below the 1e-3 bound)."""
+    model = fit_norm_model(student_t(np.random.default_rng(n), n, 3, 1.5), "kde+gpd")
+    assert float(model.tail_mass) == pytest.approx(10 / n)
+    ell = np.linspace(float(model.log_threshold) - 20, float(model.log_threshold) + 60, 16001)
+    density = np.exp(np.asarray(model.log_prob(jnp.asarray(ell)), np.float64))
+    assert abs(np.trapezoid(density, ell) - 1) < 1e-3
+    assert float(model.cdf(jnp.asarray(float(model.log_threshold)))) == pytest.approx(
+        1 - 10 / n, abs=1e-3
+    )
 
 
 def test_constant_norms_are_refused_by_smooth_models():
