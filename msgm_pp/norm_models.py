@@ -11,11 +11,11 @@ p_r(r) = p_ℓ(log r)/r.
   computed on the grid by log-sum-exp (no underflow between sparse tail points) and interpolated by
   cubic Hermite splines (C¹), continued outside the grid by its exact Gaussian tail.
 - :class:`KDEGPDNorm` ("kde+gpd"): the KDE below a threshold u (the (1 − ζ) quantile of r; ζ = 0.05
-  by default, 10/n on fewer than 200 points) and a generalised Pareto tail ζ·GPD(r − u; ξ, σ) above it, so samples can exceed the largest training
-  norm. σ is fixed by continuity of the density at u, and ξ ≥ 0 is the maximum-likelihood estimate
-  over the excesses (peaks over threshold); the tail index of the norm is α = 1/ξ. Like every
-  peaks-over-threshold estimate it is exact for Pareto-type tails and biased where the tail converges
-  slowly to its power law (e.g. Student-t norms with ν ≳ 3 overestimate α by 10–25% at the 5% level).
+  by default, 10/n on fewer than 200 points) and a generalised Pareto tail ζ·GPD(r − u; ξ, σ) above
+  it, so samples can exceed the largest training norm. σ is fixed by continuity of the density at u,
+  and ξ ≥ 0 is the maximum-likelihood estimate over the excesses (peaks over threshold); the tail
+  index of the norm is α = 1/ξ. Like every peaks-over-threshold estimate it is exact for
+  Pareto-type tails and biased where the tail converges slowly to its power law (e.g. Student-t norms with ν ≳ 3 overestimate α by 10–25% at the 5% level).
 """
 
 import abc
