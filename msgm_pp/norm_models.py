@@ -15,7 +15,8 @@ p_r(r) = p_ℓ(log r)/r.
   it, so samples can exceed the largest training norm. σ is fixed by continuity of the density at u,
   and ξ ≥ 0 is the maximum-likelihood estimate over the excesses (peaks over threshold); the tail
   index of the norm is α = 1/ξ. Like every peaks-over-threshold estimate it is exact for
-  Pareto-type tails and biased where the tail converges slowly to its power law (e.g. Student-t norms with ν ≳ 3 overestimate α by 10–25% at the 5% level).
+  Pareto-type tails and biased where the tail converges slowly to its power law (e.g. Student-t
+  norms with ν ≳ 3 overestimate α by 10–25% at the 5% level).
 """
 
 import abc
