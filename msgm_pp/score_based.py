@@ -342,6 +342,13 @@ def _log_prob_rows(model, x, key):
     return jax.lax.map(one_point, x, batch_size=chunk_size)
 
 
+_NO_CLOSED_FORM = (
+    "{name}.{what}: a learned law has no closed-form {what}, and a heavy-tailed one may have none "
+    "at all (a Cauchy-like tail has no mean); estimate it from draws, model.sample(key, (n,)), "
+    "or use a robust summary such as their median."
+)
+
+
 class ScoreBasedDistribution(dist.Distribution):
     """Base class of :class:`msgm_pp.MSGM` and :class:`msgm_pp.SGM`; see the module docstring."""
 
@@ -378,6 +385,14 @@ class ScoreBasedDistribution(dist.Distribution):
     def has_rsample(self) -> bool:
         """False: draws come from a stochastic sampler and are not reparametrised."""
         return False
+
+    @property
+    def mean(self):
+        raise NotImplementedError(_NO_CLOSED_FORM.format(name=type(self).__name__, what="mean"))
+
+    @property
+    def variance(self):
+        raise NotImplementedError(_NO_CLOSED_FORM.format(name=type(self).__name__, what="variance"))
 
     @property
     def options(self) -> dict:

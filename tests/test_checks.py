@@ -86,3 +86,13 @@ def test_data_at_extreme_float32_scales_build_models(scale):
     model = mp.MSGM.build(data, key=KEY, density=mp.ODEDensity(4))
     assert np.isfinite(model.score.log_r_scale) and model.score.log_r_scale > 0
     assert np.isfinite(np.asarray(model.log_prob(data[:5]))).all()
+
+
+@pytest.mark.parametrize("model_class", [mp.MSGM, mp.SGM])
+def test_moments_without_a_closed_form_say_how_to_estimate_them(model_class):
+    model = model_class.build(np.random.default_rng(0).standard_cauchy((64, 3)), key=KEY)
+    for moment in ("mean", "variance"):
+        with pytest.raises(
+            NotImplementedError, match=rf"{model_class.__name__}\.{moment}: .*draws"
+        ):
+            getattr(model, moment)
