@@ -1,6 +1,7 @@
 """Seconds for the fast approximate mode of `mp.TwistedSMC` on one 32×32 deblurring problem.
 
-    python benchmarks/approximate_speed.py MODEL [--particles 128] [--runs 2] [--output PATH]
+    python benchmarks/approximate_speed.py MODEL [--particles 128] [--runs 2] [--pilot-steps N]
+        [--output PATH]
 
 About 10 minutes on 2 cores. For instance
     python benchmarks/approximate_speed.py MODEL \
@@ -11,7 +12,8 @@ About 10 minutes on 2 cores. For instance
 MODEL is a lattice MSGM of `inverse_fields.fields`, for instance one saved by
 `lattice_sparse.py --save-models DIR`. The problem is `inverse_fields.py`'s deblurring task on one
 fresh field; the same sampler settings (`--particles` particles in groups of 16, one pilot round,
-`weighted=False`) are run `--runs` times with different keys in one process, so the first run
+`weighted=False`; the pilot with `--pilot-steps` reverse steps, by default the model's) are run
+`--runs` times with different keys in one process, so the first run
 includes compilation and the later ones do not. Each row records XLA_FLAGS, which is read when
 JAX's backend starts: run the command once without and once with the flag above to compare
 XLA:CPU's fusion emitters (the default) with its elemental emitters.
@@ -34,6 +36,7 @@ def main():
     parser.add_argument("model")
     parser.add_argument("--particles", type=int, default=128)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--pilot-steps", type=int, help="the pilot round's reverse steps")
     parser.add_argument("--output", help="default: results/approximate_speed.json")
     args = parser.parse_args()
     prior = mp.load(args.model)
@@ -44,9 +47,12 @@ def main():
     y = deblur.observe(jax.random.key(5), truth)
     rows = []
     for run in range(args.runs):
-        result = smc_result(deblur, prior, y, truth, jax.random.key(run), args.particles, False)
+        result = smc_result(
+            deblur, prior, y, truth, jax.random.key(run), args.particles, False, args.pilot_steps
+        )
         row = {
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "pilot_steps": args.pilot_steps,
             "run": run,
             "seconds": result["seconds"],
             "seconds_per_100_draws": 100 * result["seconds"] / args.particles,

@@ -140,9 +140,16 @@ def scores(truth: np.ndarray, mean: np.ndarray, low: np.ndarray, high: np.ndarra
     }
 
 
-def smc_result(task: Task, prior, y, truth, key, particles: int, weighted: bool) -> dict:
+def smc_result(
+    task: Task, prior, y, truth, key, particles: int, weighted: bool, pilot_steps=None
+) -> dict:
     sampler = mp.TwistedSMC(
-        task.model, num_particles=particles, norm_rounds=1, weighted=weighted, progress=False
+        task.model,
+        num_particles=particles,
+        norm_rounds=1,
+        pilot_steps=pilot_steps,
+        weighted=weighted,
+        progress=False,
     )
     start = time.perf_counter()
     sampler.run(key, prior, y=y)

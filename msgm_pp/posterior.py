@@ -178,6 +178,9 @@ class TwistedSMC:
         steps: reverse steps; None takes the model's `SDESampler` steps (the law of `sample`).
         norm_rounds: pilot runs that adapt the norm proposal before the returned run (none
             for an SGM, which has no norm).
+        pilot_steps: reverse steps of the pilot runs; None takes `steps`. The pilots only place
+            the norm proposal, whatever it is the weighted run stays exact, so coarser pilots
+            trade some of the proposal's quality for time.
         ess_threshold: resample a group when its effective sample size falls below this
             fraction of its particles.
         cg_steps: conjugate-gradient steps of the twist's solve (exact for a Gaussian likelihood
@@ -201,6 +204,7 @@ class TwistedSMC:
         num_chains: int = 1,
         steps: int | None = None,
         norm_rounds: int = 2,
+        pilot_steps: int | None = None,
         ess_threshold: float = 0.5,
         cg_steps: int = 16,
         weighted: bool = True,
@@ -223,6 +227,9 @@ class TwistedSMC:
         if isinstance(norm_rounds, bool) or not isinstance(norm_rounds, int) or norm_rounds < 0:
             raise ValueError(f"`norm_rounds` must be a non-negative int, got {norm_rounds!r}.")
         self.norm_rounds = norm_rounds
+        self.pilot_steps = (
+            None if pilot_steps is None else check_positive_int(pilot_steps, "pilot_steps")
+        )
         if not 0.0 < float(ess_threshold) <= 1.0:
             raise ValueError(f"`ess_threshold` must lie in (0, 1], got {ess_threshold}.")
         self.ess_threshold = float(ess_threshold)
@@ -255,8 +262,8 @@ class TwistedSMC:
 
         process = process_of(prior)
 
-        def run_once(run_key, proposal, weighted):
-            run_settings = dict(settings, weighted=weighted)
+        def run_once(run_key, proposal, weighted, steps=steps):
+            run_settings = dict(settings, weighted=weighted, steps=steps)
             return _model_smc(
                 self.model, parts, process, args, kwargs, run_key, proposal, run_settings
             )
@@ -268,7 +275,7 @@ class TwistedSMC:
         for chain_key in chain_keys:
             proposal = None if norm_model is None else NormProposal.prior(settings["groups"], dtype)
             for round_key in jax.random.split(chain_key, rounds + 1)[:-1]:
-                pilot = run_once(round_key, proposal, True)
+                pilot = run_once(round_key, proposal, True, self.pilot_steps or steps)
                 proposal = adapted_proposal(pilot, norm_model, dtype)
                 bar.update(1)
             runs.append(jax.block_until_ready(run_once(chain_key, proposal, self.weighted)))

@@ -15,6 +15,7 @@ from conftest import LinearField
 from scipy import stats
 
 import msgm_pp as mp
+from msgm_pp import posterior as posterior_module
 from msgm_pp import smc as smc_module
 from msgm_pp.heat_kernel import PointMassMixtureScore, log_heat_kernel
 from msgm_pp.sgm import VPScore
@@ -214,17 +215,33 @@ def test_the_approximate_mode_returns_every_particle_and_is_exact_where_the_twis
     assert np.all(smc.ess > 1500)  # the weights, unused, are nearly even
 
 
-def test_pilot_rounds_move_the_norms_to_where_the_data_put_them(exact_prior):
+@pytest.mark.parametrize("pilot_steps", [None, 16])
+def test_pilot_rounds_move_the_norms_to_where_the_data_put_them(
+    exact_prior, pilot_steps, monkeypatch
+):
     """x is observed sharply at a norm 3 prior sds out: the 16 pilot norms drawn from the prior
-    all miss it, and the next round's norms must come from the redrawn ones, not the drawn ones."""
+    all miss it, and the next round's norms must come from the redrawn ones, not the drawn ones;
+    also when the pilot takes 16 coarse steps instead of the returned run's."""
 
     def sharp(prior, y=None):
         x = numpyro.sample("x", prior)
         numpyro.sample("y", dist.Normal(x, 0.02).to_event(1), obs=y)
 
     y = math.exp(1.5) * jnp.array([math.cos(0.3), math.sin(0.3)])
-    smc = mp.TwistedSMC(sharp, num_particles=256, norm_rounds=1, progress=False)
+    steps_of_runs = []
+    model_smc = posterior_module._model_smc
+
+    def recording(*args):
+        steps_of_runs.append(args[-1]["steps"])
+        return model_smc(*args)
+
+    monkeypatch.setattr(posterior_module, "_model_smc", recording)
+    smc = mp.TwistedSMC(
+        sharp, num_particles=256, norm_rounds=1, pilot_steps=pilot_steps, progress=False
+    )
     smc.run(jax.random.key(0), exact_prior, y=y)
+    model_steps = exact_prior.sampler.steps
+    assert steps_of_runs == [pilot_steps or model_steps, model_steps]
     log_norms = np.log(np.linalg.norm(np.asarray(smc.get_samples()["x"]), axis=1))
     assert abs(log_norms.mean() - 1.5) < 0.02  # the posterior of ℓ has sd ≈ 0.02 / e^1.5
 
@@ -363,6 +380,7 @@ def test_bad_models_and_data_are_refused(exact_prior, model, y, match):
         ({"num_particles": 100, "particles_per_norm": 16}, ValueError, "multiple"),
         ({"ess_threshold": 0.0}, ValueError, "ess_threshold"),
         ({"norm_rounds": -1}, ValueError, "norm_rounds"),
+        ({"pilot_steps": 0}, ValueError, "pilot_steps"),
         ({"weighted": 1}, TypeError, "weighted"),
     ],
 )
