@@ -39,6 +39,7 @@ from scipy import special, stats
 
 from msgm_pp.coordinates import tyler_shape
 from msgm_pp.norm_models import KDEGPDNorm
+from msgm_pp.score_based import paired_standard_errors
 
 
 def elliptical_log_density(train, test, loc, scatter) -> np.ndarray:
@@ -58,14 +59,6 @@ def elliptical_log_density(train, test, loc, scatter) -> np.ndarray:
     )
 
 
-def paired(a, b) -> dict:
-    difference = np.asarray(a) - np.asarray(b)
-    return {
-        "mean": float(difference.mean()),
-        "standard_error": float(difference.std(ddof=1) / math.sqrt(difference.size)),
-    }
-
-
 def run(seed: int) -> dict:
     train, test, _ = task_data("eustock", seed)
     nu, mu, sigma = student_t_fit(train)
@@ -81,6 +74,7 @@ def run(seed: int) -> dict:
             train, test, np.zeros_like(mu), tyler_shape(train)
         ),
     }
+    standard_errors = paired_standard_errors(rows, "ML Student-t")
     return {
         "seed": seed,
         "test_days": int(test.shape[0]),
@@ -88,7 +82,9 @@ def run(seed: int) -> dict:
         "student_t_nu": nu,
         "test_log_likelihood": {name: float(v.mean()) for name, v in rows.items()},
         "difference_from_the_ml_student_t": {
-            name: paired(v, student) for name, v in rows.items() if name != "ML Student-t"
+            name: {"mean": float(np.mean(v - student)), "standard_error": standard_errors[name]}
+            for name, v in rows.items()
+            if name != "ML Student-t"
         },
     }
 
