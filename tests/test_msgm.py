@@ -285,6 +285,7 @@ def test_fit_records_its_tail_emphasis_and_t_eps(cauchy):
         key=jax.random.key(0),
         tail_emphasis=0.5,
         t_eps=1e-5,
+        weight_decay=0.0,
         max_steps=10,
         eval_every=10,
         progress=False,
@@ -559,6 +560,7 @@ def test_the_old_weighted_keyword_maps_to_a_weighting(cauchy):
             key=jax.random.key(0),
             max_steps=10,
             eval_every=10,
+            weight_decay=0.0,
             weighted=False,
             progress=False,
         )
