@@ -69,8 +69,32 @@ def test_a_fresh_lattice_net_is_the_zero_score():
     field whose loss grows with the field's peaks."""
     u = unit_rows(jax.random.key(1), 1, 25)[0]
     for multiplicative in (True, False):
-        net = LatticeScoreNet((5, 5), key=jax.random.key(0), multiplicative=multiplicative)
+        net = LatticeScoreNet(
+            (5, 5), key=jax.random.key(0), multiplicative=multiplicative, potential="linear"
+        )
         np.testing.assert_array_equal(net(u, 0.3, 0.4), jnp.zeros(25))
+    # The exponential potential starts at a = −1: g = −√d v = −d u, along u, which the tangent
+    # projection removes.
+    g = LatticeScoreNet((5, 5), key=jax.random.key(0))(u, 0.3, 0.4)
+    np.testing.assert_allclose(g, -25.0 * u, rtol=1e-6)
+    np.testing.assert_allclose(g - jnp.dot(g, u) * u, jnp.zeros(25), atol=1e-5)
+
+
+def test_the_exponential_potential_pulls_every_site_towards_zero():
+    """With a = −exp(α) < 0 and the field term b switched off, each g_i has the sign of −v_i at
+    every site and any α; with a = α it does not."""
+    u = unit_rows(jax.random.key(1), 1, 30)[0]
+    for potential, always in (("exp", True), ("linear", False)):
+        net = trained_like(
+            LatticeScoreNet((5, 6), key=jax.random.key(0), channels=8, potential=potential)
+        )
+        no_field = eqx.tree_at(
+            lambda n: (n.project.weight, n.project.bias),
+            net,
+            (net.project.weight.at[1].set(0.0), net.project.bias.at[1].set(0.0)),
+        )
+        pulls = no_field(u, 0.2, 0.3) * u < 0
+        assert bool(jnp.all(pulls)) is always
 
 
 def test_log_inputs_grow_like_the_log_of_the_field():
@@ -119,6 +143,8 @@ def test_lattice_net_checks_multiplicative_and_inputs():
         LatticeScoreNet((5, 5), key=jax.random.key(0), multiplicative=1)
     with pytest.raises(ValueError, match="inputs"):
         LatticeScoreNet((5, 5), key=jax.random.key(0), inputs="raw")
+    with pytest.raises(ValueError, match="potential"):
+        LatticeScoreNet((5, 5), key=jax.random.key(0), potential="softplus")
 
 
 def test_lattice_net_files_without_the_multiplicative_key_load_the_plain_net():
@@ -131,6 +157,17 @@ def test_lattice_net_files_without_the_multiplicative_key_load_the_plain_net():
     assert LatticeScoreNet.from_config({**config, "multiplicative": True}).multiplicative
     with pytest.raises(ValueError, match="multiplicative"):
         LatticeScoreNet.from_config({**config, "multiplicative": "yes"})
+
+
+def test_lattice_net_files_before_0_14_load_with_the_linear_potential():
+    """Files saved before 0.14 have no `potential` key: their networks returned a = α."""
+    config = LatticeScoreNet((5, 5), key=jax.random.key(0)).config()
+    assert config["potential"] == "exp"
+    assert LatticeScoreNet.from_config(config).potential == "exp"
+    del config["potential"]
+    assert LatticeScoreNet.from_config(config).potential == "linear"
+    with pytest.raises(ValueError, match="potential"):
+        LatticeScoreNet.from_config({**config, "potential": "cubic"})
 
 
 def test_lattice_net_files_of_0_4_load_with_linear_inputs():
