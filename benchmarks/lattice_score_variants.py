@@ -1,21 +1,27 @@
-"""Does the 32×32 lattice score learn where the energy goes with a quieter loss, a stencil output
-or a wider network? Three suspects, each against the 0.6 default at the same budget.
+"""Does the 32×32 lattice score learn where the energy goes with a quieter loss, a stencil output,
+a wider network or an exponential potential? Each against the 0.6 default at the same budget.
 
     python benchmarks/lattice_score_variants.py [--steps 2000] [--variants NAME ...]
+        [--taus 0.3 3 10]
 
 About 25 minutes on one core. Each variant trains on 512 fields of `inverse_fields.fields` for
 `--steps` steps with the capped weighting (as `lattice_weighting.py`'s "capped at ½, all τ"), then
-noises 128 fresh fields to τ = 0.3, 3 and 10 and runs the learned reverse SDE back
+noises 128 fresh fields to each of `--taus` and runs the learned reverse SDE back
 (`lattice_reverse.reverse_rows`, 256 steps). Variants:
 
-- "default": `LatticeScoreNet` with 16 channels, the sliced loss with one Rademacher slice;
+- "default": the 0.6–0.13 default, `LatticeScoreNet` with 16 channels and the linear potential
+  a = α, the sliced loss with one Rademacher slice;
 - "colour-probed slices": the same network; the slice v is split by a 2×2 colouring of the grid
   into 4 probes, Σ_c v_cᵀ J v_c, which drops from the divergence estimate every cross term
   J_ij v_i v_j between sites one step apart (4 jvps instead of 1);
 - "stencil output": g = √d (Σ_o c_o ⊙ shift_o(v) + b) with a 3×3 stencil c predicted per site,
   linear access to the neighbours' values at any amplitude (the network reads them through asinh
   and log(1 + v²)); a stationary Gaussian field's score −C⁻¹x is of this form;
-- "32 channels": the default network twice as wide.
+- "32 channels": the default network twice as wide;
+- "exponential potential": the potential a = −exp(α), the default since 0.14;
+- "exponential potential, colour-probed slices": both changes;
+- "exponential potential, capped at 5": the weight 5(1 − e^{−τ/5}) instead of ½(1 − e^{−2τ}),
+  which gives the intermediate times more weight (as `lattice_weighting.py`'s "capped at 5").
 
 Writes benchmarks/results/lattice_score_variants.json (or `--output`).
 """
@@ -92,21 +98,37 @@ def variant(name: str, tau_high: float):
     """(network, loss) of a variant."""
     shape, key = (SIDE, SIDE), jax.random.key(7)
     default_loss = WindowLoss(tau_high, CAP)
+    colour_loss = ColourProbedLoss(tau_high, CAP, masks=colour_masks(SIDE, 2))
+    linear = dict(key=key, potential="linear")
     return {
-        "default": lambda: (mp.LatticeScoreNet(shape, key=key), default_loss),
-        "colour-probed slices": lambda: (
-            mp.LatticeScoreNet(shape, key=key),
-            ColourProbedLoss(tau_high, CAP, masks=colour_masks(SIDE, 2)),
-        ),
+        "default": lambda: (mp.LatticeScoreNet(shape, **linear), default_loss),
+        "colour-probed slices": lambda: (mp.LatticeScoreNet(shape, **linear), colour_loss),
         "stencil output": lambda: (StencilNet(shape, key), default_loss),
-        "32 channels": lambda: (mp.LatticeScoreNet(shape, key=key, channels=32), default_loss),
+        "32 channels": lambda: (mp.LatticeScoreNet(shape, channels=32, **linear), default_loss),
+        "exponential potential": lambda: (mp.LatticeScoreNet(shape, key=key), default_loss),
+        "exponential potential, colour-probed slices": lambda: (
+            mp.LatticeScoreNet(shape, key=key),
+            colour_loss,
+        ),
+        "exponential potential, capped at 5": lambda: (
+            mp.LatticeScoreNet(shape, key=key),
+            WindowLoss(tau_high, 5.0),
+        ),
     }[name]()
 
 
-VARIANTS = ["default", "colour-probed slices", "stencil output", "32 channels"]
+VARIANTS = [
+    "default",
+    "colour-probed slices",
+    "stencil output",
+    "32 channels",
+    "exponential potential",
+    "exponential potential, colour-probed slices",
+    "exponential potential, capped at 5",
+]
 
 
-def run(steps: int, names: list[str]) -> list[dict]:
+def run(steps: int, names: list[str], taus: list[float]) -> list[dict]:
     train = with_energy(fields(jax.random.key(0), 512, SIDE))
     rows = []
     for name in names:
@@ -124,7 +146,7 @@ def run(steps: int, names: list[str]) -> list[dict]:
             "variant": name,
             "training_seconds": time.perf_counter() - start,
             "validation_loss": np.asarray(history.validation_loss).tolist(),
-            "reverse": reverse_rows(model.with_network(net, history), [0.3, 3.0, 10.0], 256)[1:],
+            "reverse": reverse_rows(model.with_network(net, history), taus, 256)[1:],
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -135,9 +157,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    parser.add_argument("--taus", type=float, nargs="+", default=[0.3, 3.0, 10.0])
     parser.add_argument("--output", help="default: results/lattice_score_variants.json")
     args = parser.parse_args()
-    write_rows(args, run(args.steps, args.variants), "lattice_score_variants.json")
+    write_rows(args, run(args.steps, args.variants, args.taus), "lattice_score_variants.json")
 
 
 if __name__ == "__main__":
