@@ -233,7 +233,7 @@ class LatticeScoreNet(eqx.Module):
 
     The field enters as v = u·√d (mean square 1 for a unit vector) and the output is scaled by √d,
     the typical size of the tangent score of a field with O(1) correlations. The last layer starts
-    at zero, so a fresh network is the zero tangent score, whose score-matching loss is exactly 0.
+    at zero, so a fresh network is the zero tangent score, whose score-matching loss is 0.
 
     `inputs` says how v is fed: "log" (the default) reads asinh v and log(1 + v²) − log 2, which
     grow like log|v|; "linear" (networks saved before 0.5) reads v and v² − 1. A sparse 32×32
@@ -257,9 +257,9 @@ class LatticeScoreNet(eqx.Module):
     intermediate times is locally Gaussian with a variance ē_i that spans orders of magnitude
     over the grid, and the score of such a field is −v_i/ē_i: a = −1/ē = −exp(−log ē), the
     exponential of a log-energy that the network computes easily, where a linear a must build
-    the reciprocal from its activations. Only the differences of a move energy (a constant a gives g along u, which the
-    tangent projection removes), so a < 0 restricts nothing, and a fresh network, α = 0, is
-    still the zero tangent score. On 32×32 sparse fields it reaches a lower loss at the same cost
+    the reciprocal from its activations. Only the differences of a move energy (a constant a
+    gives g along u, which the tangent projection removes), so a < 0 restricts nothing, and a
+    fresh network, α = 0 and g = −√d v, is still the zero tangent score (to rounding). On 32×32 sparse fields it reaches a lower loss at the same cost
     (−96 against −86 after 2000 steps) and its reverse dynamics leave the fields smoother from
     every τ, with about the same energy (benchmarks/lattice_score_variants.py).
     """

@@ -119,9 +119,9 @@ def test_lattice_net_depends_on_norm_and_time():
 
 
 def test_multiplicative_lattice_net_is_a_potential_times_the_field_plus_a_field():
-    """g = √d (a ⊙ v + b) with v = u√d, a and b computed from an odd and an even function of v: where the last
-    layer's `a` channel is zero the output does not depend on v through the product, and flipping
-    the sign of v flips the product term only."""
+    """g = √d (a ⊙ v + b) with v = u√d, a and b computed from an odd and an even function of v:
+    where a depends on the even function alone, flipping the sign of v flips the product term
+    and nothing else."""
     shape = (5, 6)
     net = trained_like(LatticeScoreNet(shape, key=jax.random.key(0), channels=8, num_blocks=2))
     assert net.multiplicative and net.lift.in_channels == 2 and net.project.out_channels == 2
