@@ -259,9 +259,10 @@ class LatticeScoreNet(eqx.Module):
     exponential of a log-energy that the network computes easily, where a linear a must build
     the reciprocal from its activations. Only the differences of a move energy (a constant a
     gives g along u, which the tangent projection removes), so a < 0 restricts nothing, and a
-    fresh network, α = 0 and g = −√d v, is still the zero tangent score (to rounding). On 32×32 sparse fields it reaches a lower loss at the same cost
-    (−96 against −86 after 2000 steps) and its reverse dynamics leave the fields smoother from
-    every τ, with about the same energy (benchmarks/lattice_score_variants.py).
+    fresh network, α = 0 and g = −√d v, is still the zero tangent score (to rounding). On 32×32
+    sparse fields it reaches a lower loss at the same cost (−96 against −86 after 2000 steps) and
+    its reverse dynamics leave the fields smoother from every τ, with about the same energy
+    (benchmarks/lattice_score_variants.py).
     """
 
     shape: tuple[int, ...] = eqx.field(static=True)
