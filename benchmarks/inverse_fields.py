@@ -22,11 +22,12 @@ The score-based priors go through `mp.TwistedSMC` twice: weighted (asymptoticall
 `weighted=False` (the fast approximate mode), `--particles` particles in groups of 16, one pilot
 round, the model's SDE steps. Recorded per prior, sampler and task (means over problems): RMSE of
 the posterior mean, the share of sites inside their 90% interval, the same two on the extremes
-(the 1% of sites with the largest |x|), the seconds per run, the effective draws (the ESS for
-weighted runs, the particles for the approximate mode) and seconds per effective draw, beside
-the seconds that `prior.sample` takes for as many unconditional draws and those draws'
-peak-to-norm ratio (the median of max|x_i|/|x|, against the training fields': has the prior
-learned sparse sources?). Writes benchmarks/results/inverse_fields.json.
+(the 1% of sites with the largest |x|), the draws' median χ² per observation |y − A x|²/(σ² m)
+(recorded since 0.14; about 1 where a draw fits the data), the seconds per run, the effective
+draws (the ESS for weighted runs, the particles for the approximate mode) and seconds per
+effective draw, beside the seconds that `prior.sample` takes for as many unconditional draws and
+those draws' peak-to-norm ratio (the median of max|x_i|/|x|, against the training fields': has
+the prior learned sparse sources?). Writes benchmarks/results/inverse_fields.json.
 """
 
 import argparse
@@ -140,6 +141,13 @@ def scores(truth: np.ndarray, mean: np.ndarray, low: np.ndarray, high: np.ndarra
     }
 
 
+def chi2_per_observation(task: Task, y, draws: np.ndarray) -> np.ndarray:
+    """|y − A x|² / (σ² m) for each draw x (n, d): about 1 for the truth, whose residual is the
+    noise, and for draws of an exact posterior whose prior allows the truth."""
+    residual = np.asarray(y, np.float64) - draws @ task.matrix.T
+    return np.sum(residual**2, axis=1) / (task.sigma**2 * residual.shape[1])
+
+
 def smc_result(
     task: Task, prior, y, truth, key, particles: int, weighted: bool, pilot_steps=None
 ) -> dict:
@@ -159,6 +167,7 @@ def smc_result(
     low, high = np.quantile(draws, [0.05, 0.95], axis=0)
     return {
         **scores(truth, draws.mean(0), low, high),
+        "chi2_per_observation": float(np.median(chi2_per_observation(task, y, draws))),
         "seconds": seconds,
         "effective_draws": effective,
         "seconds_per_effective_draw": seconds / max(effective, 1e-9),
