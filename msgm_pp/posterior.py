@@ -240,6 +240,7 @@ class TwistedSMC:
         self.progress = progress
         self._runs: list[SMCOutput] = []
         self._parts: ModelParts | None = None
+        self._model_arguments: tuple[tuple, dict] = ((), {})
 
     def run(self, key, *args, **kwargs) -> None:
         """Sample the posterior of `model(*args, **kwargs)`; read it with :meth:`get_samples`."""
@@ -282,7 +283,7 @@ class TwistedSMC:
             bar.update(1)
             bar.set_postfix(ess=f"{float(runs[-1].ess):.0f}")
         bar.close()
-        self._runs, self._parts = runs, parts
+        self._runs, self._parts, self._model_arguments = runs, parts, (args, kwargs)
         empty = [
             chain for chain, run in enumerate(runs) if not np.isfinite(float(run.log_evidence))
         ]
@@ -346,9 +347,24 @@ class TwistedSMC:
         """How many times a group of each run was resampled, summed over steps, (chains,)."""
         return np.asarray([int(run.resamplings) for run in self._require_runs()])
 
+    def log_likelihood(self, group_by_chain: bool = False) -> dict:
+        """log p(y | x, θ) of every observed site at each draw, as `numpyro.infer.log_likelihood`
+        gives it for MCMC draws: (chains × particles, ...) or (chains, particles, ...). Draws
+        that fit the data score about as well as the truth would; a posterior whose draws score
+        far below it has not reached the data (see the README's field benchmark)."""
+        from numpyro.infer import log_likelihood
+
+        args, kwargs = self._model_arguments
+        draws = self.get_samples(group_by_chain=True)
+        values = log_likelihood(self.model, draws, *args, batch_ndims=2, **kwargs)
+        if group_by_chain:
+            return values
+        return {name: value.reshape(-1, *value.shape[2:]) for name, value in values.items()}
+
     def to_inference_data(self):
         """The draws as an ArviZ InferenceData (DataTree in ArviZ 1.x), chains = runs, with each
-        run's ESS and log-evidence in `sample_stats`."""
+        run's ESS and log-evidence in `sample_stats` and each observed site's log-likelihood at
+        every draw in `log_likelihood` (as `az.from_numpyro` gives for MCMC)."""
         import arviz as az
 
         draws = {k: np.asarray(v) for k, v in self.get_samples(group_by_chain=True).items()}
@@ -356,9 +372,10 @@ class TwistedSMC:
             "smc_ess": np.repeat(self.ess[:, None], self.num_particles, axis=1),
             "log_evidence": np.repeat(self.log_evidence[:, None], self.num_particles, axis=1),
         }
+        fit = {k: np.asarray(v) for k, v in self.log_likelihood(group_by_chain=True).items()}
         if int(az.__version__.split(".")[0]) >= 1:  # ArviZ 1.x takes the groups as one dict
-            return az.from_dict({"posterior": draws, "sample_stats": stats})
-        return az.from_dict(posterior=draws, sample_stats=stats)
+            return az.from_dict({"posterior": draws, "sample_stats": stats, "log_likelihood": fit})
+        return az.from_dict(posterior=draws, sample_stats=stats, log_likelihood=fit)
 
 
 def _model_functions(model, args, kwargs, parts: ModelParts):

@@ -281,7 +281,9 @@ def test_lattice_models_run_with_a_blur_and_a_mask():
     assert smc.ess[0] >= 1 and np.isfinite(smc.log_evidence[0])
 
 
-def test_draws_go_to_arviz_with_runs_as_chains_and_runs_repeat(exact_prior):
+def test_draws_go_to_arviz_with_runs_as_chains_their_log_likelihood_and_runs_repeat(
+    exact_prior,
+):
     smc = mp.TwistedSMC(unknown_noise, num_particles=256, num_chains=3, progress=False)
     smc.run(jax.random.key(4), exact_prior, y=jnp.asarray(Y, jnp.float32))
     grouped = smc.get_samples(group_by_chain=True)
@@ -290,6 +292,14 @@ def test_draws_go_to_arviz_with_runs_as_chains_and_runs_repeat(exact_prior):
     assert posterior.posterior["x"].shape == (3, 256, 2)
     assert np.isfinite(float(az.rhat(posterior)["sigma"]))
     assert smc.resamplings.shape == (3,)
+    expected = dist.Normal(
+        grouped["x"] @ jnp.asarray(A, jnp.float32).T, grouped["sigma"][..., None]
+    )
+    expected = expected.log_prob(jnp.asarray(Y, jnp.float32)).sum(-1)
+    np.testing.assert_allclose(posterior.log_likelihood["y"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        smc.log_likelihood()["y"], expected.reshape(-1), rtol=1e-5, atol=1e-5
+    )
     smc.run(jax.random.key(4), exact_prior, y=jnp.asarray(Y, jnp.float32))
     assert bool(jnp.all(grouped["x"] == smc.get_samples(group_by_chain=True)["x"]))
 
