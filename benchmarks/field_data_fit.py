@@ -78,6 +78,15 @@ def variants(model, truth: np.ndarray) -> dict:
     }
 
 
+def approximate_draws(task, prior, y, key, particles: int) -> np.ndarray:
+    """(particles, d) draws of `mp.TwistedSMC(weighted=False)` with one pilot round."""
+    smc = mp.TwistedSMC(
+        task.model, num_particles=particles, norm_rounds=1, weighted=False, progress=False
+    )
+    smc.run(key, prior, y=y)
+    return np.asarray(smc.get_samples()["x"], np.float64).reshape(particles, -1)
+
+
 def draw_summary(task, y, truth: np.ndarray, draws: np.ndarray) -> dict:
     flat = truth.reshape(-1).astype(np.float64)
     low, high = np.quantile(draws, [0.05, 0.95], axis=0)
@@ -115,17 +124,9 @@ def run(model, field_indices, eta: float, particles: int) -> list[dict]:
             draws = gaussian_posterior_draws(task, y, mean, covariance, particles, problem)
             rows.append({**base, "prior": "Gaussian, exact", **draw_summary(task, y, truth, draws)})
             for name, prior in variants(model, truth).items():
-                smc = mp.TwistedSMC(
-                    task.model,
-                    num_particles=particles,
-                    norm_rounds=1,
-                    weighted=False,
-                    progress=False,
-                )
-                smc.run(
-                    jax.random.fold_in(keys[6], problem), prior.with_options(sampler=sampler), y=y
-                )
-                draws = np.asarray(smc.get_samples()["x"], np.float64).reshape(particles, -1)
+                run_key = jax.random.fold_in(keys[6], problem)
+                prior = prior.with_options(sampler=sampler)
+                draws = approximate_draws(task, prior, y, run_key, particles)
                 summary = draw_summary(task, y, truth, draws)
                 rows.append({**base, "prior": name, "stochasticity": eta, **summary})
             for row in rows[-5:]:

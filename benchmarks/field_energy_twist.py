@@ -33,9 +33,8 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from _machine import write_rows
-from field_data_fit import draw_summary, variants
+from field_data_fit import approximate_draws, draw_summary, variants
 from inverse_fields import fields
 from inverse_fields import tasks as field_tasks
 
@@ -110,12 +109,8 @@ def run(model, task_name, field, eta, known_norm, twists, particles=128) -> list
             if twist == "energy"
             else smc_module.twist_function
         )
-        smc = mp.TwistedSMC(
-            task.model, num_particles=particles, norm_rounds=1, weighted=False, progress=False
-        )
         with swapped_twist(replacement):
-            smc.run(jax.random.fold_in(keys[6], field), prior, y=y)
-        draws = np.asarray(smc.get_samples()["x"], np.float64).reshape(particles, -1)
+            draws = approximate_draws(task, prior, y, jax.random.fold_in(keys[6], field), particles)
         row = {
             "task": task_name,
             "field": field,
