@@ -33,7 +33,7 @@ from _machine import write_rows
 from inverse_fields import (
     chi2_per_observation,
     fields,
-    gaussian_posterior,
+    gaussian_posterior_moments,
     peak_to_norm,
     scores,
     stationary_covariance,
@@ -48,10 +48,7 @@ KNOWN_NORM_BANDWIDTH = 0.002
 
 def gaussian_posterior_draws(task, y, mean, covariance, n: int, seed: int) -> np.ndarray:
     """n draws of the exact posterior under the Gaussian prior N(mean, covariance)."""
-    A = task.matrix
-    post_mean, _ = gaussian_posterior(task, y, mean, covariance)
-    gain = np.linalg.solve(A @ covariance @ A.T + task.sigma**2 * np.eye(len(y)), A @ covariance).T
-    post_covariance = covariance - gain @ (A @ covariance)
+    post_mean, post_covariance = gaussian_posterior_moments(task, y, mean, covariance)
     post_covariance = 0.5 * (post_covariance + post_covariance.T)
     eigenvalues, vectors = np.linalg.eigh(post_covariance)
     root = vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
@@ -59,16 +56,10 @@ def gaussian_posterior_draws(task, y, mean, covariance, n: int, seed: int) -> np
     return post_mean + normal @ root.T
 
 
-def log_norm_in_model_coordinates(model, x: np.ndarray) -> float:
-    y = x if model.coordinates is None else model.coordinates.normalise(x)
-    return float(np.log(np.linalg.norm(np.ravel(y))))
-
-
 def variants(model, truth: np.ndarray) -> dict:
     """The three priors of the module docstring."""
-    known_norm = KDENorm.fit(
-        [log_norm_in_model_coordinates(model, truth)], bandwidth=KNOWN_NORM_BANDWIDTH
-    )
+    _, truth_log_norm = model.training_data(truth[None])
+    known_norm = KDENorm.fit(np.asarray(truth_log_norm), bandwidth=KNOWN_NORM_BANDWIDTH)
     arguments = model.constructor_arguments()
     fresh = mp.LatticeScoreNet(model.event_shape, key=jax.random.key(7))
     return {

@@ -120,13 +120,18 @@ def stationary_covariance(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, autocovariance[lag_rows, lag_cols]
 
 
-def gaussian_posterior(task: Task, y, mean, covariance):
-    """The exact posterior mean and marginal sds under the Gaussian prior."""
+def gaussian_posterior_moments(task: Task, y, mean, covariance):
+    """The exact posterior mean and covariance under the Gaussian prior."""
     A = task.matrix
     gain = np.linalg.solve(A @ covariance @ A.T + task.sigma**2 * np.eye(len(y)), A @ covariance).T
     post_mean = mean + gain @ (np.asarray(y, np.float64) - A @ mean)
-    post_var = np.diag(covariance) - np.sum(gain * (covariance @ A.T), axis=1)
-    return post_mean, np.sqrt(np.maximum(post_var, 0.0))
+    return post_mean, covariance - gain @ (A @ covariance)
+
+
+def gaussian_posterior(task: Task, y, mean, covariance):
+    """The exact posterior mean and marginal sds under the Gaussian prior."""
+    post_mean, post_covariance = gaussian_posterior_moments(task, y, mean, covariance)
+    return post_mean, np.sqrt(np.maximum(np.diag(post_covariance), 0.0))
 
 
 def scores(truth: np.ndarray, mean: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict:
