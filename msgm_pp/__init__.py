@@ -30,6 +30,7 @@ from msgm_pp.score_based import lowest_validation_score, one_standard_error_rule
 from msgm_pp.serialization import load
 from msgm_pp.sgm import SGM, VPLoss, VPScore, vp_schedule
 from msgm_pp.training import TrainingHistory, fit_network, train
+from msgm_pp.twists import EnergyTwist, TweedieTwist
 
 __all__ = [
     "MSGM",
@@ -40,6 +41,7 @@ __all__ = [
     "CoordinateScaling",
     "DenseNoise",
     "EmpiricalNorm",
+    "EnergyTwist",
     "ExactTrace",
     "HutchinsonTrace",
     "IsotropicNoise",
@@ -58,6 +60,7 @@ __all__ = [
     "TensorNoise",
     "TimeMLP",
     "TrainingHistory",
+    "TweedieTwist",
     "TwistedSMC",
     "VPLoss",
     "VPScore",

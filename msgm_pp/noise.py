@@ -9,6 +9,7 @@ Every noise provides, batched over leading axes:
 - ``apply(x, xi)``            G(x) ξ
 - ``apply_transpose(x, v)``   G(x)ᵀ v
 - ``diffusion(x, v)``         Σ(x) v = G(x) G(x)ᵀ v
+- ``diffusion_diagonal(x)``   the diagonal of Σ(x), Σ_k (G^k x)_i²: where the noise moves x
 - ``ito_drift(x)``            L x with L = ½ Σ_k G^k G^k (the Itô correction)
 - ``rotation_step(u, xi, noise_dt, g, drift_dt)``  one norm-preserving integrator step (below)
 - ``mixing_rate()``           slowest relaxation rate of the direction's first two moments per unit
@@ -97,6 +98,11 @@ class AbstractNoise(eqx.Module):
     def _diffusion(self, x, v):
         return self._apply(x, self._apply_transpose(x, v))
 
+    def _diffusion_diagonal(self, x):
+        basis = jnp.eye(self.num_generators, dtype=x.dtype)
+        columns = jax.vmap(lambda xi: self._apply(x, xi))(basis)
+        return jnp.sum(columns**2, axis=0)
+
     def drift_coordinates(self, u, g):
         """The increment coordinates that a drift g adds per unit of time in `rotation_step`:
         G(u)ᵀ g, so that rotation_step(u, ξ + √dt c, dt) = rotation_step(u, ξ, dt, g, dt)."""
@@ -116,6 +122,12 @@ class AbstractNoise(eqx.Module):
     def diffusion(self, x, v):
         """Σ(x) v = G(x) G(x)ᵀ v."""
         return self._diffusion(x, v)
+
+    @_batched("(d)->(d)")
+    def diffusion_diagonal(self, x):
+        """diag Σ(x) = Σ_k (G^k x)², the variance that a step of the noise adds to each
+        coordinate per unit of τ; it sums to −2 xᵀ L x."""
+        return self._diffusion_diagonal(x)
 
     @_batched("(d)->(d)")
     def ito_drift(self, x):
@@ -168,6 +180,9 @@ class IsotropicNoise(AbstractNoise):
 
     def _diffusion(self, x, v):
         return jnp.dot(x, x, precision=_FULL) * v - jnp.dot(x, v, precision=_FULL) * x
+
+    def _diffusion_diagonal(self, x):
+        return jnp.dot(x, x, precision=_FULL) - x**2
 
     def _ito_drift(self, x):
         return -0.5 * (self.dim - 1) * x
@@ -419,6 +434,13 @@ class LatticeNoise(AbstractNoise):
 
     def _ito_drift(self, x):
         return -0.25 * self.degree * x
+
+    def _diffusion_diagonal(self, x):
+        energy = x.reshape(self.shape) ** 2
+        neighbours = sum(
+            jnp.roll(energy, shift, a) for a in range(len(self.shape)) for shift in (1, -1)
+        )
+        return 0.5 * neighbours.ravel()
 
     def rotation_step(self, u, xi, noise_dt, g=None, drift_dt=0.0):
         theta = jnp.sqrt(noise_dt) * xi

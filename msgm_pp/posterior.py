@@ -19,10 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
-from numpyro.distributions import Distribution
+from numpyro.distributions import Distribution, ExpandedDistribution, Independent, Normal
 from numpyro.primitives import Messenger
 
-from msgm_pp._checks import check_key, check_positive_int, describe_indices, warn_caller
+from msgm_pp._checks import (
+    check_key,
+    check_positive_int,
+    describe_indices,
+    warn_caller,
+    warn_deprecated,
+)
 from msgm_pp._progress import progress_bar
 from msgm_pp.score_based import ScoreBasedDistribution
 from msgm_pp.smc import (
@@ -33,6 +39,7 @@ from msgm_pp.smc import (
     twisted_smc,
     typical_point,
 )
+from msgm_pp.twists import EnergyTwist, TweedieTwist
 
 
 class ModelParts(NamedTuple):
@@ -183,8 +190,11 @@ class TwistedSMC:
             trade some of the proposal's quality for time.
         ess_threshold: resample a group when its effective sample size falls below this
             fraction of its particles.
-        cg_steps: conjugate-gradient steps of the twist's solve (exact for a Gaussian likelihood
-            once it reaches the number of well-observed directions).
+        twist: how a particle guesses the likelihood of its end point
+            (:mod:`msgm_pp.twists`): `TweedieTwist()` by default, which works with any
+            likelihood, or `EnergyTwist()` for Normal observed sites, built for fields (README,
+            "Fields"). The weighted run is exact with either.
+        cg_steps: deprecated; pass `twist=TweedieTwist(cg_steps=...)`.
         weighted: True (the default) weights and resamples the particles: the estimates converge
             to the posterior as the particles grow. False is the fast approximate mode: every
             particle follows the twisted proposal and is returned as a draw, never weighted or
@@ -206,7 +216,8 @@ class TwistedSMC:
         norm_rounds: int = 2,
         pilot_steps: int | None = None,
         ess_threshold: float = 0.5,
-        cg_steps: int = 16,
+        twist: TweedieTwist | EnergyTwist | None = None,
+        cg_steps: int | None = None,
         weighted: bool = True,
         progress: bool | None = None,
     ):
@@ -233,7 +244,19 @@ class TwistedSMC:
         if not 0.0 < float(ess_threshold) <= 1.0:
             raise ValueError(f"`ess_threshold` must lie in (0, 1], got {ess_threshold}.")
         self.ess_threshold = float(ess_threshold)
-        self.cg_steps = check_positive_int(cg_steps, "cg_steps")
+        if cg_steps is not None:
+            if twist is not None:
+                raise ValueError("pass the conjugate-gradient steps in `twist`, not `cg_steps`.")
+            warn_deprecated(
+                "TwistedSMC(cg_steps=...) is deprecated: pass twist=TweedieTwist(cg_steps=...)."
+            )
+            twist = TweedieTwist(check_positive_int(cg_steps, "cg_steps"))
+        twist = TweedieTwist() if twist is None else twist
+        if not isinstance(twist, TweedieTwist | EnergyTwist):
+            raise TypeError(
+                f"`twist` must be an msgm_pp.TweedieTwist or EnergyTwist, got {twist!r}."
+            )
+        self.twist = twist
         if not isinstance(weighted, bool):
             raise TypeError(f"`weighted` must be True or False, got {weighted!r}.")
         self.weighted = weighted
@@ -249,15 +272,17 @@ class TwistedSMC:
         parts = inspect_model(self.model, args, kwargs, inspect_key)
         prior = parts.prior
         steps = prior.sampler.steps if self.steps is None else self.steps
-        log_likelihood, draw_others = _model_functions(self.model, args, kwargs, parts)
+        log_likelihood, _, draw_others = _model_functions(self.model, args, kwargs, parts)
         _check_likelihood(log_likelihood, draw_others, prior, parts, inspect_key)
+        if isinstance(self.twist, EnergyTwist):
+            _check_gaussian_sites(self.model, args, kwargs, parts, inspect_key)
         dtype = prior.float_dtype
         settings = {
             "groups": self.num_particles // self.group_size,
             "group_size": self.group_size,
             "steps": steps,
             "ess_threshold": self.ess_threshold,
-            "cg_steps": self.cg_steps,
+            "twist": self.twist,
             "dtype": dtype,
         }
 
@@ -378,8 +403,45 @@ class TwistedSMC:
         return az.from_dict(posterior=draws, sample_stats=stats, log_likelihood=fit)
 
 
+def _innermost(fn):
+    """A distribution without its `Independent` and expanded wrappers."""
+    while isinstance(fn, Independent | ExpandedDistribution):
+        fn = fn.base_dist
+    return fn
+
+
+def _normal_of(site: dict):
+    """The Normal inside an observed site's distribution, or None."""
+    fn = _innermost(site["fn"])
+    return fn if type(fn) is Normal else None
+
+
+def _gaussian_observations(site: dict):
+    """(values, means, scales) of a Normal observed site, flat; a site scaled by w (a
+    `handlers.scale`) has its log-density multiplied by w, as a Normal of scale σ/√w."""
+    normal = _normal_of(site)
+    value = jnp.asarray(site["value"])
+    scale = normal.scale if site["scale"] is None else normal.scale / jnp.sqrt(site["scale"])
+    return tuple(jnp.broadcast_to(a, value.shape).ravel() for a in (value, normal.loc, scale))
+
+
+def _check_gaussian_sites(model, args, kwargs, parts: ModelParts, key) -> None:
+    trace = _trace(model, args, kwargs, substitutions={}, key=key)
+    others = [
+        f"{name!r} ({type(_innermost(trace[name]['fn'])).__name__})"
+        for name in parts.observed_sites
+        if _normal_of(trace[name]) is None
+    ]
+    if others:
+        raise ValueError(
+            "EnergyTwist averages Normal observations, but the observed site(s) "
+            f"{', '.join(others)} are not Normal; use TweedieTwist, which takes any likelihood."
+        )
+
+
 def _model_functions(model, args, kwargs, parts: ModelParts):
-    """(log p(y | x, θ), a draw of θ from its prior) for one particle."""
+    """(log p(y | x, θ), the flat (values, means, scales) of its Normal observed sites, a draw of
+    θ from its prior) for one particle."""
 
     def log_likelihood(x, others):
         trace = _trace(model, args, kwargs, substitutions={parts.prior_site: x, **others})
@@ -390,11 +452,16 @@ def _model_functions(model, args, kwargs, parts: ModelParts):
             total = total + (log_p if site["scale"] is None else site["scale"] * log_p)
         return total
 
+    def observations(x, others):
+        trace = _trace(model, args, kwargs, substitutions={parts.prior_site: x, **others})
+        sites = [_gaussian_observations(trace[name]) for name in parts.observed_sites]
+        return tuple(jnp.concatenate(arrays) for arrays in zip(*sites, strict=True))
+
     def draw_others(key, x):
         trace = _trace(model, args, kwargs, substitutions={parts.prior_site: x}, key=key)
         return {name: trace[name]["value"] for name in parts.latent_sites}
 
-    return log_likelihood, draw_others
+    return log_likelihood, observations, draw_others
 
 
 def _check_likelihood(log_likelihood, draw_others, prior, parts: ModelParts, key) -> None:
@@ -415,6 +482,8 @@ def _check_likelihood(log_likelihood, draw_others, prior, parts: ModelParts, key
 @eqx.filter_jit
 def _model_smc(model, parts: ModelParts, process, args, kwargs, key, proposal, settings):
     """One SMC run for `model(*args, **kwargs)`, compiled once per model and argument shapes."""
-    log_likelihood, draw_others = _model_functions(model, args, kwargs, parts)
+    log_likelihood, observations, draw_others = _model_functions(model, args, kwargs, parts)
     norm_model = getattr(parts.prior, "norm_model", None)
-    return twisted_smc(process, norm_model, log_likelihood, draw_others, key, proposal, **settings)
+    return twisted_smc(
+        process, norm_model, log_likelihood, observations, draw_others, key, proposal, **settings
+    )

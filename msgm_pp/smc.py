@@ -38,14 +38,16 @@ between x_t and x_0 (none as η → 0, where x_0 is a function of x_t), and both
 diffusion the reverse process is then an Ornstein–Uhlenbeck process of rate ½η², and x̃_0 given
 x̃_t is exactly N(e^{−η²τ/2} x̃_t, 1 − e^{−η²τ}), which is what they give.
 
-With L expanded to second order at x̂_0 (exact for a Gaussian likelihood with a linear operator),
+The default twist (:class:`~msgm_pp.twists.TweedieTwist`) expands L to second order at x̂_0
+(exact for a Gaussian likelihood with a linear operator),
 
     log ψ(z) = L(x̂_0) + ½ v ∇Lᵀ (I − v ∇²L)⁻¹ ∇L,   ∇_{x̂_0} log ψ = (I − v ∇²L)⁻¹ ∇L,
 
-where the solve takes `cg_steps` conjugate-gradient steps with Hessian-vector products of the
-likelihood only, and the guidance h = ∇_z log ψ pulls the solved vector back through x̂_0(z). The
-inflation keeps the weights even: a sharp observation seen through an uncertain x̂_0 is much
-flatter than at x̂_0 itself, in each observed direction by its own factor. The proposal adds the drift η² Δτ h (the
+with a truncated conjugate-gradient solve, and the guidance h = ∇_z log ψ pulls the solved vector
+back through x̂_0(z). The inflation keeps the weights even: a sharp observation seen through an
+uncertain x̂_0 is much flatter than at x̂_0 itself, in each observed direction by its own factor.
+:class:`~msgm_pp.twists.EnergyTwist` guesses a variance per coordinate instead (where the noise
+moves the direction) and averages Gaussian observations one at a time. The proposal adds the drift η² Δτ h (the
 Doob transform's: the noise variance times ∇log ψ) to the reverse step, its shift capped at 3
 noise standard deviations per step (root mean square over the noise coordinates, so that the
 cap means the same at every d); the weight carries the Girsanov ratio of the two Gaussian
@@ -134,6 +136,19 @@ class RotationProcess(eqx.Module):
         direction = renormalise(sphere_exp(u, tau * self.score.noise._diffusion(u, g)))
         return jnp.exp(log_r - self.mixing_rate * tau) * direction, g
 
+    def energy_guess(self, u, log_r, s):
+        """((m, c), g): the mean and coordinate variances of :class:`~msgm_pp.twists.EnergyTwist`'s
+        guess of x_0 in model coordinates, and the score."""
+        tau = self.noise_share * self.score.tau(s)
+        rate = self.score.spreading_rate()
+        g = self.score(u, log_r, s)
+        noise = self.score.noise
+        direction = renormalise(sphere_exp(u, tau * noise._diffusion(u, g)))
+        mean = jnp.exp(log_r - 0.5 * rate * tau) * direction
+        where = noise._diffusion_diagonal(u)
+        variance = jnp.exp(2.0 * log_r) * -jnp.expm1(-rate * tau) * where / jnp.sum(where)
+        return (mean, variance), g
+
     def spread(self, log_r, s):
         """v, the variance of each coordinate of the guess of x_0 around x̂_0, at most r²/d."""
         rate = self.mixing_rate
@@ -189,6 +204,11 @@ class DiffusionProcess(eqx.Module):
 
     def spread(self, log_r, s):
         return -jnp.expm1(-self.noise_share * self.score.tau(s))
+
+    def energy_guess(self, y, log_r, s):
+        """((x̂_0, v for every coordinate), the score): Gaussian noise has no direction to follow."""
+        mean, score = self.denoised(y, log_r, s)
+        return (mean, jnp.full_like(mean, self.spread(log_r, s))), score
 
     def tangent(self, y, gradient):
         return gradient
@@ -329,28 +349,6 @@ def conditional_log_norm(key, process, norm_model, log_likelihood, u, others, lo
     return jnp.where(jnp.isfinite(value), fine, log_r)
 
 
-def truncated_cg(operator, b, steps: int):
-    """x ≈ M⁻¹ b for a symmetric M given by `operator`, by `steps` conjugate-gradient steps from
-    x = 0 that stop where M shows a direction of non-positive curvature (then x is the last
-    iterate, or b itself if that happens at once)."""
-
-    def step(carry, _):
-        x, r, p, rr, stopped = carry
-        mp_ = operator(p)
-        curvature = jnp.dot(p, mp_)
-        stopped = stopped | (curvature <= 0) | (rr == 0)
-        alpha = jnp.where(stopped, 0.0, rr / jnp.where(stopped, 1.0, curvature))
-        x, r_next = x + alpha * p, r - alpha * mp_
-        rr_next = jnp.dot(r_next, r_next)
-        beta = rr_next / jnp.where(rr > 0, rr, 1.0)
-        p = jnp.where(stopped, p, r_next + beta * p)
-        return (x, jnp.where(stopped, r, r_next), p, jnp.where(stopped, rr, rr_next), stopped), None
-
-    start = (jnp.zeros_like(b), b, b, jnp.dot(b, b), jnp.zeros((), bool))
-    (x, *_), _ = jax.lax.scan(step, start, None, length=steps)
-    return jnp.where(jnp.any(x != 0), x, b)
-
-
 def ess(log_weights):
     """Kish's (Σw)²/Σw², 0 when every weight is 0."""
     total = jax.nn.logsumexp(log_weights)
@@ -382,33 +380,11 @@ def systematic_indices(key, log_weights, n: int | None = None):
     return jnp.minimum(jnp.searchsorted(cumulative, positions), log_weights.shape[0] - 1)
 
 
-def twist_function(process, log_likelihood, cg_steps: int):
-    """(z, ℓ, θ, s) -> (log ψ, the score, the guidance ∇_z log ψ) for one particle."""
-
-    def log_likelihood_of_coordinates(y, others):
-        return log_likelihood(process.to_data(y), others)
-
-    def twist(z, log_r, others, s):
-        variance = process.spread(log_r, s)
-        y_hat, pull_back, score = jax.vjp(lambda z: process.denoised(z, log_r, s), z, has_aux=True)
-        value, gradient = jax.value_and_grad(log_likelihood_of_coordinates)(y_hat, others)
-        curvature = jax.grad(lambda y: log_likelihood_of_coordinates(y, others))
-
-        def inflated(v):
-            return v - variance * jax.jvp(curvature, (y_hat,), (v,))[1]
-
-        solved = truncated_cg(inflated, gradient, cg_steps)
-        (guidance,) = pull_back(solved)
-        log_psi = value + 0.5 * variance * jnp.dot(gradient, solved)
-        return log_psi, score, process.tangent(z, guidance)
-
-    return twist
-
-
 def twisted_smc(
     process,
     norm_model,
     log_likelihood,
+    observations,
     draw_others,
     key,
     proposal: NormProposal | None,
@@ -417,21 +393,21 @@ def twisted_smc(
     group_size: int,
     steps: int,
     ess_threshold: float,
-    cg_steps: int,
+    twist,
     dtype,
     weighted: bool = True,
 ):
     """One run: `groups` norms (none for an SGM: `norm_model` None) and values of the other
     latent sites, each with `group_size` particles that are resampled only among themselves (or,
-    unless `weighted`, never)."""
-    twist = twist_function(process, log_likelihood, cg_steps)
+    unless `weighted`, never). `twist` is a :mod:`msgm_pp.twists` twist; `observations` maps
+    (x, θ) to the flat (values, means, scales) of Gaussian observed sites, or is None."""
     chunk = max(1, PARTICLE_CHUNK_BUDGET // process.dim)
 
     def twists(z, log_r, others, s):
         """The twist, score and guidance of every particle, in chunks of bounded memory."""
 
         def one(particle):
-            return twist(*particle, s)
+            return particle_twist(*particle, s)
 
         if z.shape[0] <= chunk:
             return jax.vmap(one)((z, log_r, others))
@@ -439,6 +415,7 @@ def twisted_smc(
 
     times = reverse_times(process.score.schedule, process.score.t_eps, steps, dtype)
     norm_key, start_key, others_key, step_key, final_key = jax.random.split(key, 5)
+    particle_twist = twist.build(process, log_likelihood, observations, jax.random.fold_in(key, 1))
     redraw_key = jax.random.fold_in(final_key, 1)
     n = groups * group_size
 

@@ -46,6 +46,7 @@ def test_generators_are_skew_symmetric_and_consistent(noise):
     np.testing.assert_allclose(noise.apply(x, xi), gx @ xi, atol=1e-5)
     np.testing.assert_allclose(noise.apply_transpose(x, v), gx.T @ v, atol=1e-5)
     np.testing.assert_allclose(noise.diffusion(x, v), gx @ gx.T @ v, atol=1e-5)
+    np.testing.assert_allclose(noise.diffusion_diagonal(x), np.diag(gx @ gx.T), atol=1e-5)
     ito = 0.5 * np.einsum("ijk,jlk->il", g, g)
     np.testing.assert_allclose(noise.ito_drift(x), ito @ x, atol=1e-5)
     # every column G^k x is orthogonal to x, so Σ(x) x = 0 and the norm is invariant
@@ -65,6 +66,7 @@ def test_methods_broadcast_over_batch_axes(noise):
     assert noise.apply(x, xi).shape == x.shape
     assert noise.apply_transpose(x, x).shape == xi.shape
     assert noise.diffusion(x, x).shape == x.shape
+    assert noise.diffusion_diagonal(x).shape == x.shape
     assert noise.ito_drift(x).shape == x.shape
     np.testing.assert_allclose(noise.apply(x, xi)[1, 3], noise.apply(x[1, 3], xi[1, 3]), rtol=1e-6)
 
