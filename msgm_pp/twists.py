@@ -62,6 +62,8 @@ class TweedieTwist(eqx.Module):
         check_positive_int(self.cg_steps, "cg_steps")
 
     def build(self, process, log_likelihood, observations, key):
+        """The twist of one particle for a run: (z, ℓ, θ, s) -> (log ψ, score, guidance). Uses
+        `log_likelihood(x, θ)`; `observations` and `key` are for other twists."""
         del observations, key
 
         def log_likelihood_of_coordinates(y, others):
@@ -120,6 +122,9 @@ class EnergyTwist(eqx.Module):
         check_positive_int(self.probes, "probes")
 
     def build(self, process, log_likelihood, observations, key):
+        """The twist of one particle for a run: (z, ℓ, θ, s) -> (log ψ, score, guidance). Uses
+        `observations(x, θ)`, the flat (values, means, scales) of the Normal observed sites, and
+        draws its probes from `key`."""
         del log_likelihood
         signs = jax.random.rademacher(key, (self.probes, process.dim))
 

@@ -15,7 +15,7 @@ LAYERS = [
     {"losses", "training", "samplers", "density"},
     {"score_based"},
     {"msgm", "sgm"},
-    {"smc"},
+    {"smc", "twists"},
     {"metrics", "datasets", "diagnostics", "posterior"},
     {"plots"},
     {"__init__"},
