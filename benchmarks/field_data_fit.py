@@ -69,10 +69,15 @@ def variants(model, truth: np.ndarray) -> dict:
     }
 
 
-def approximate_draws(task, prior, y, key, particles: int) -> np.ndarray:
+def approximate_draws(task, prior, y, key, particles: int, twist=None) -> np.ndarray:
     """(particles, d) draws of `mp.TwistedSMC(weighted=False)` with one pilot round."""
     smc = mp.TwistedSMC(
-        task.model, num_particles=particles, norm_rounds=1, weighted=False, progress=False
+        task.model,
+        num_particles=particles,
+        norm_rounds=1,
+        weighted=False,
+        twist=twist,
+        progress=False,
     )
     smc.run(key, prior, y=y)
     return np.asarray(smc.get_samples()["x"], np.float64).reshape(particles, -1)
