@@ -47,12 +47,13 @@ with a truncated conjugate-gradient solve, and the guidance h = ∇_z log ψ pul
 back through x̂_0(z). The inflation keeps the weights even: a sharp observation seen through an
 uncertain x̂_0 is much flatter than at x̂_0 itself, in each observed direction by its own factor.
 :class:`~msgm_pp.twists.EnergyTwist` guesses a variance per coordinate instead (where the noise
-moves the direction) and averages Gaussian observations one at a time. The proposal adds the drift η² Δτ h (the
-Doob transform's: the noise variance times ∇log ψ) to the reverse step, its shift capped at 3
-noise standard deviations per step (root mean square over the noise coordinates, so that the
-cap means the same at every d); the weight carries the Girsanov ratio of the two Gaussian
-increments, −η√Δτ ξ·c − ½η²Δτ|c|² with c the
-guidance in noise coordinates (G(u)ᵀh, or h for the SGM), times ψ_{k−1}/ψ_k, and at t_ε the last
+moves the direction) and averages Gaussian observations one at a time.
+
+The proposal adds the drift η² Δτ h (the Doob transform's: the noise variance times ∇log ψ) to
+the reverse step, its shift capped at 3 noise standard deviations per step (root mean square over
+the noise coordinates, so that the cap means the same at every d); the weight carries the
+Girsanov ratio of the two Gaussian increments, −η√Δτ ξ·c − ½η²Δτ|c|² with c the guidance in
+noise coordinates (G(u)ᵀh, or h for the SGM), times ψ_{k−1}/ψ_k, and at t_ε the last
 weight swaps ψ for the likelihood itself. The twist only shapes the proposal: the weights are exact
 whatever it is, and the estimates converge as the particles grow; the effective sample size reports
 their variance.
