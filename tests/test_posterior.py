@@ -474,7 +474,7 @@ def test_the_energy_twist_refuses_observations_that_are_not_normal(exact_prior):
     assert bool(jnp.all(jnp.isfinite(smc.get_samples()["x"])))
 
 
-def test_cg_steps_still_work_with_a_deprecation_warning(exact_prior):
+def test_cg_steps_still_work_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="twist=TweedieTwist\\(cg_steps=...\\)"):
         smc = mp.TwistedSMC(known_noise, num_particles=16, cg_steps=4, progress=False)
     assert smc.twist == mp.TweedieTwist(cg_steps=4)
