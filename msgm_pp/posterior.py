@@ -250,7 +250,7 @@ class TwistedSMC:
             warn_deprecated(
                 "TwistedSMC(cg_steps=...) is deprecated: pass twist=TweedieTwist(cg_steps=...)."
             )
-            twist = TweedieTwist(check_positive_int(cg_steps, "cg_steps"))
+            twist = TweedieTwist(cg_steps)
         twist = TweedieTwist() if twist is None else twist
         if not isinstance(twist, TweedieTwist | EnergyTwist):
             raise TypeError(

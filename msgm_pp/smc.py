@@ -130,23 +130,25 @@ class RotationProcess(eqx.Module):
         x = y if self.coordinates is None else self.coordinates.denormalise(y)
         return x.reshape(self.event_shape)
 
-    def denoised(self, u, log_r, s):
-        """(x̂_0 in model coordinates, the score g(u, ℓ, s)), with the remaining noise η²τ."""
+    def tweedie_direction(self, u, log_r, s):
+        """(η²τ, the score g(u, ℓ, s), Exp_u(η²τ Σ(u) g)): Tweedie's step on the sphere with the
+        remaining noise η²τ."""
         tau = self.noise_share * self.score.tau(s)
         g = self.score(u, log_r, s)
-        direction = renormalise(sphere_exp(u, tau * self.score.noise._diffusion(u, g)))
+        return tau, g, renormalise(sphere_exp(u, tau * self.score.noise._diffusion(u, g)))
+
+    def denoised(self, u, log_r, s):
+        """(x̂_0 in model coordinates, the score g(u, ℓ, s)), with the remaining noise η²τ."""
+        tau, g, direction = self.tweedie_direction(u, log_r, s)
         return jnp.exp(log_r - self.mixing_rate * tau) * direction, g
 
     def energy_guess(self, u, log_r, s):
         """((m, c), g): the mean and coordinate variances of :class:`~msgm_pp.twists.EnergyTwist`'s
         guess of x_0 in model coordinates, and the score."""
-        tau = self.noise_share * self.score.tau(s)
+        tau, g, direction = self.tweedie_direction(u, log_r, s)
         rate = self.score.spreading_rate()
-        g = self.score(u, log_r, s)
-        noise = self.score.noise
-        direction = renormalise(sphere_exp(u, tau * noise._diffusion(u, g)))
         mean = jnp.exp(log_r - 0.5 * rate * tau) * direction
-        where = noise._diffusion_diagonal(u)
+        where = self.score.noise._diffusion_diagonal(u)
         variance = jnp.exp(2.0 * log_r) * -jnp.expm1(-rate * tau) * where / jnp.sum(where)
         return (mean, variance), g
 

@@ -131,15 +131,14 @@ class EnergyTwist(eqx.Module):
         def log_psi(z, log_r, others, s):
             (mean, variance), score = process.energy_guess(z, log_r, s)
 
-            def locations(y):
-                return observations(process.to_data(y), others)[1]
+            def observed(y):
+                return observations(process.to_data(y), others)
 
-            values, _, scales = observations(process.to_data(mean), others)
-            locs, along = jax.linearize(locations, mean)
+            (values, locs, scales), along = jax.linearize(observed, mean)
 
             def spread(sign):
                 sign = sign.astype(variance.dtype)
-                return along(sign) * along(variance * sign)
+                return along(sign)[1] * along(variance * sign)[1]
 
             total = scales**2 + jnp.maximum(jnp.mean(jax.vmap(spread)(signs), axis=0), 0.0)
             log_density = -0.5 * ((values - locs) ** 2 / total + jnp.log(2.0 * math.pi * total))
