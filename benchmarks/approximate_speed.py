@@ -1,7 +1,7 @@
 """Seconds for the fast approximate mode of `mp.TwistedSMC` on one 32×32 deblurring problem.
 
     python benchmarks/approximate_speed.py MODEL [--particles 128] [--runs 2] [--pilot-steps N]
-        [--output PATH]
+        [--twist tweedie] [--output PATH]
 
 About 10 minutes on 2 cores. For instance
     python benchmarks/approximate_speed.py MODEL \
@@ -12,7 +12,8 @@ About 10 minutes on 2 cores. For instance
 MODEL is a lattice MSGM of `inverse_fields.fields`, for instance one saved by
 `lattice_sparse.py --save-models DIR`. The problem is `inverse_fields.py`'s deblurring task on one
 fresh field; the same sampler settings (`--particles` particles in groups of 16, one pilot round,
-`weighted=False`; the pilot with `--pilot-steps` reverse steps, by default the model's) are run
+`weighted=False`; the pilot with `--pilot-steps` reverse steps, by default the model's; the
+twist `--twist`, by default `mp.TweedieTwist()`) are run
 `--runs` times with different keys in one process, so the first run
 includes compilation and the later ones do not. Each row records XLA_FLAGS, which is read when
 JAX's backend starts: run the command once without and once with the flag above to compare
@@ -26,7 +27,7 @@ import os
 
 import jax
 from _machine import write_rows
-from inverse_fields import fields, smc_result, tasks
+from inverse_fields import TWISTS, fields, smc_result, tasks
 
 import msgm_pp as mp
 
@@ -37,6 +38,7 @@ def main():
     parser.add_argument("--particles", type=int, default=128)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--pilot-steps", type=int, help="the pilot round's reverse steps")
+    parser.add_argument("--twist", choices=sorted(TWISTS), default="tweedie")
     parser.add_argument("--output", help="default: results/approximate_speed.json")
     args = parser.parse_args()
     prior = mp.load(args.model)
@@ -48,11 +50,20 @@ def main():
     rows = []
     for run in range(args.runs):
         result = smc_result(
-            deblur, prior, y, truth, jax.random.key(run), args.particles, False, args.pilot_steps
+            deblur,
+            prior,
+            y,
+            truth,
+            jax.random.key(run),
+            args.particles,
+            False,
+            args.pilot_steps,
+            args.twist,
         )
         row = {
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "pilot_steps": args.pilot_steps,
+            "twist": args.twist,
             "run": run,
             "seconds": result["seconds"],
             "seconds_per_100_draws": 100 * result["seconds"] / args.particles,

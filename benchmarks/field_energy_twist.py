@@ -23,12 +23,10 @@ import json
 import jax
 from _machine import write_rows
 from field_data_fit import approximate_draws, draw_summary, variants
-from inverse_fields import fields
+from inverse_fields import TWISTS, fields
 from inverse_fields import tasks as field_tasks
 
 import msgm_pp as mp
-
-TWISTS = {"tweedie": mp.TweedieTwist(), "energy": mp.EnergyTwist()}
 
 
 def run(

@@ -1,7 +1,8 @@
 """The field benchmark's posteriors with a saved lattice MSGM at several sampler stochasticities.
 
     python benchmarks/inverse_fields_stochasticity.py MODEL [--stochasticity 1 0.3]
-        [--problems 2] [--particles 128] [--weighted] [--pilot-steps N] [--output PATH]
+        [--problems 2] [--particles 128] [--weighted] [--pilot-steps N] [--twist tweedie]
+        [--output PATH]
 
 About 15 minutes per stochasticity on one core (approximate mode, two tasks, two problems).
 MODEL is a 32×32 lattice MSGM of `inverse_fields.fields`, for instance one saved by
@@ -10,7 +11,7 @@ and keys are those of `inverse_fields.py` (deblurring and 60% inpainting); the p
 `mp.SDESampler(steps, stochasticity=η)`, which `mp.TwistedSMC` follows, for each η given. Each run
 is the approximate mode (`weighted=False`; with `--weighted`, the weighted mode too), 128
 particles in groups of 16, one pilot round (of `--pilot-steps` reverse steps, by default the
-model's), scored as in `inverse_fields.py`, beside the exact
+model's; the twist `--twist`, by default `mp.TweedieTwist()`), scored as in `inverse_fields.py`, beside the exact
 posterior under the Gaussian prior with the stationary covariance of the same training fields.
 Writes benchmarks/results/inverse_fields_stochasticity.json (or `--output`).
 """
@@ -20,13 +21,28 @@ import json
 
 import jax
 from _machine import write_rows
-from inverse_fields import fields, gaussian_posterior, scores, smc_result, stationary_covariance
+from inverse_fields import (
+    TWISTS,
+    fields,
+    gaussian_posterior,
+    scores,
+    smc_result,
+    stationary_covariance,
+)
 from inverse_fields import tasks as field_tasks
 
 import msgm_pp as mp
 
 
-def run(model, etas, problems: int, particles: int, weighted: bool, pilot_steps=None) -> list[dict]:
+def run(
+    model,
+    etas,
+    problems: int,
+    particles: int,
+    weighted: bool,
+    pilot_steps=None,
+    twist="tweedie",
+) -> list[dict]:
     side = model.event_shape[0]
     keys = jax.random.split(jax.random.key(0), 8)
     train = fields(keys[0], 512, side)
@@ -47,7 +63,7 @@ def run(model, etas, problems: int, particles: int, weighted: bool, pilot_steps=
                 for mode in (True, False) if weighted else (False,):
                     run_key = jax.random.fold_in(keys[6], problem)
                     result = smc_result(
-                        task, prior, y, truth, run_key, particles, mode, pilot_steps
+                        task, prior, y, truth, run_key, particles, mode, pilot_steps, twist
                     )
                     rows.append(
                         {
@@ -57,6 +73,7 @@ def run(model, etas, problems: int, particles: int, weighted: bool, pilot_steps=
                             "stochasticity": eta,
                             "mode": "weighted" if mode else "approximate",
                             "pilot_steps": pilot_steps,
+                            "twist": twist,
                             **result,
                         }
                     )
@@ -72,11 +89,18 @@ def main():
     parser.add_argument("--particles", type=int, default=128)
     parser.add_argument("--weighted", action="store_true")
     parser.add_argument("--pilot-steps", type=int, help="the pilot round's reverse steps")
+    parser.add_argument("--twist", choices=sorted(TWISTS), default="tweedie")
     parser.add_argument("--output", help="default: results/inverse_fields_stochasticity.json")
     args = parser.parse_args()
     model = mp.load(args.model)
     rows = run(
-        model, args.stochasticity, args.problems, args.particles, args.weighted, args.pilot_steps
+        model,
+        args.stochasticity,
+        args.problems,
+        args.particles,
+        args.weighted,
+        args.pilot_steps,
+        args.twist,
     )
     write_rows(args, rows, "inverse_fields_stochasticity.json")
 
