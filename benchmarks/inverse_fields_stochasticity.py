@@ -11,8 +11,9 @@ and keys are those of `inverse_fields.py` (deblurring and 60% inpainting); the p
 `mp.SDESampler(steps, stochasticity=η)`, which `mp.TwistedSMC` follows, for each η given. Each run
 is the approximate mode (`weighted=False`; with `--weighted`, the weighted mode too), 128
 particles in groups of 16, one pilot round (of `--pilot-steps` reverse steps, by default the
-model's; the twist `--twist`, by default `mp.TweedieTwist()`), scored as in `inverse_fields.py`, beside the exact
-posterior under the Gaussian prior with the stationary covariance of the same training fields.
+model's; the twist `--twist`, by default `mp.TweedieTwist()`), scored as in `inverse_fields.py`,
+beside the exact posterior under the Gaussian prior with the stationary covariance of the same
+training fields.
 Writes benchmarks/results/inverse_fields_stochasticity.json (or `--output`).
 """
 
