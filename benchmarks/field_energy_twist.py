@@ -44,12 +44,11 @@ def run(
             y = task.observe(jax.random.fold_in(keys[5], field), truths[field])
             prior = variants(model, truths[field])["norm known" if known_norm else "learned"]
             for eta in etas:
-                sampler = mp.SDESampler(model.sampler.steps, eta)
+                conditioned = prior.with_options(sampler=mp.SDESampler(model.sampler.steps, eta))
                 for twist in twists:
                     for repeat in range(repeats):
                         key = jax.random.fold_in(keys[6], field)
                         key = key if repeat == 0 else jax.random.fold_in(key, repeat)
-                        conditioned = prior.with_options(sampler=sampler)
                         draws = approximate_draws(
                             task, conditioned, y, key, particles, TWISTS[twist]
                         )
