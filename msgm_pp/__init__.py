@@ -29,6 +29,7 @@ from msgm_pp.score import TangentScore
 from msgm_pp.score_based import lowest_validation_score, one_standard_error_rule
 from msgm_pp.serialization import load
 from msgm_pp.sgm import SGM, VPLoss, VPScore, vp_schedule
+from msgm_pp.split_gibbs import SplitGibbs
 from msgm_pp.training import TrainingHistory, fit_network, train
 from msgm_pp.twists import EnergyTwist, TweedieTwist
 
@@ -56,6 +57,7 @@ __all__ = [
     "SDESampler",
     "ScoreMLP",
     "ScoreMatchingLoss",
+    "SplitGibbs",
     "TangentScore",
     "TensorNoise",
     "TimeMLP",

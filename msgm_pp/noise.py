@@ -103,6 +103,11 @@ class AbstractNoise(eqx.Module):
         columns = jax.vmap(lambda xi: self._apply(x, xi))(basis)
         return jnp.sum(columns**2, axis=0)
 
+    def displacement(self, u, xi):
+        """The tangent vector by which `rotation_step(u, ξ, dt)` moves u, per √dt, to first
+        order: G(u) ξ."""
+        return self._apply(u, xi)
+
     def drift_coordinates(self, u, g):
         """The increment coordinates that a drift g adds per unit of time in `rotation_step`:
         G(u)ᵀ g, so that rotation_step(u, ξ + √dt c, dt) = rotation_step(u, ξ, dt, g, dt)."""
@@ -186,6 +191,10 @@ class IsotropicNoise(AbstractNoise):
 
     def _ito_drift(self, x):
         return -0.5 * (self.dim - 1) * x
+
+    def displacement(self, u, xi):
+        """P_u ξ: the increment here is an ambient Gaussian vector."""
+        return project_tangent(u, xi)
 
     def drift_coordinates(self, u, g):
         """P_u g: the increment here is a tangent vector, not generator coordinates."""

@@ -35,10 +35,12 @@ from msgm_pp.smc import (
     NormProposal,
     SMCOutput,
     adapted_proposal,
+    particle_chunk,
     process_of,
     twisted_smc,
     typical_point,
 )
+from msgm_pp.split_gibbs import SplitGibbs, split_gibbs
 from msgm_pp.twists import EnergyTwist, TweedieTwist
 
 
@@ -202,6 +204,10 @@ class TwistedSMC:
             independent given their norms but biased by how far the twist is from the exact
             conditional; `ess` still reports the importance ESS they would have for the exact
             target. The README gives the bias measured on problems with a known posterior.
+        refine: None, or :class:`~msgm_pp.SplitGibbs` sweeps that move each approximate draw
+            towards its data through the prior's own noise after the run (only with
+            `weighted=False`: the sweeps are approximate too, and would bias the weighted mode).
+            For fields, whose approximate draws can end far from the data (README, "Fields").
         progress: see :mod:`msgm_pp._progress`.
     """
 
@@ -219,6 +225,7 @@ class TwistedSMC:
         twist: TweedieTwist | EnergyTwist | None = None,
         cg_steps: int | None = None,
         weighted: bool = True,
+        refine: SplitGibbs | None = None,
         progress: bool | None = None,
     ):
         if not callable(model):
@@ -260,6 +267,14 @@ class TwistedSMC:
         if not isinstance(weighted, bool):
             raise TypeError(f"`weighted` must be True or False, got {weighted!r}.")
         self.weighted = weighted
+        if refine is not None and not isinstance(refine, SplitGibbs):
+            raise TypeError(f"`refine` must be None or an msgm_pp.SplitGibbs, got {refine!r}.")
+        if refine is not None and weighted:
+            raise ValueError(
+                "`refine` moves the draws of the approximate mode: pass weighted=False with it "
+                "(the sweeps are approximate, so they would bias the weighted mode's draws)."
+            )
+        self.refine = refine
         self.progress = progress
         self._runs: list[SMCOutput] = []
         self._parts: ModelParts | None = None
@@ -275,7 +290,11 @@ class TwistedSMC:
         log_likelihood, _, draw_others = _model_functions(self.model, args, kwargs, parts)
         _check_likelihood(log_likelihood, draw_others, prior, parts, inspect_key)
         if isinstance(self.twist, EnergyTwist):
-            _check_gaussian_sites(self.model, args, kwargs, parts, inspect_key)
+            needs = "EnergyTwist averages Normal observations (TweedieTwist takes any likelihood)"
+            _check_gaussian_sites(self.model, args, kwargs, parts, inspect_key, needs)
+        if self.refine is not None:
+            needs = "SplitGibbs conditions on Normal observations"
+            _check_gaussian_sites(self.model, args, kwargs, parts, inspect_key, needs)
         dtype = prior.float_dtype
         settings = {
             "groups": self.num_particles // self.group_size,
@@ -296,7 +315,8 @@ class TwistedSMC:
 
         norm_model = getattr(prior, "norm_model", None)
         rounds = self.norm_rounds if norm_model is not None else 0
-        bar = progress_bar(self.num_chains * (rounds + 1), "twisted SMC", self.progress)
+        stages = rounds + 1 + (self.refine is not None)
+        bar = progress_bar(self.num_chains * stages, "twisted SMC", self.progress)
         runs = []
         for chain_key in chain_keys:
             proposal = None if norm_model is None else NormProposal.prior(settings["groups"], dtype)
@@ -304,9 +324,21 @@ class TwistedSMC:
                 pilot = run_once(round_key, proposal, True, self.pilot_steps or steps)
                 proposal = adapted_proposal(pilot, norm_model, dtype)
                 bar.update(1)
-            runs.append(jax.block_until_ready(run_once(chain_key, proposal, self.weighted)))
+            run = jax.block_until_ready(run_once(chain_key, proposal, self.weighted))
             bar.update(1)
-            bar.set_postfix(ess=f"{float(runs[-1].ess):.0f}")
+            bar.set_postfix(ess=f"{float(run.ess):.0f}")
+            if self.refine is not None:
+                refine_key = jax.random.fold_in(chain_key, 1)
+                run, unrefined = _model_split_gibbs(
+                    self.model, parts, process, args, kwargs, refine_key, run, self.refine, steps
+                )
+                bar.update(1)
+                if int(unrefined):
+                    warn_caller(
+                        f"{int(unrefined)} draws met non-finite values in the SplitGibbs sweeps "
+                        "and are returned as the run left them. Check the model for overflow."
+                    )
+            runs.append(run)
         bar.close()
         self._runs, self._parts, self._model_arguments = runs, parts, (args, kwargs)
         empty = [
@@ -425,7 +457,7 @@ def _gaussian_observations(site: dict):
     return tuple(jnp.broadcast_to(a, value.shape).ravel() for a in (value, normal.loc, scale))
 
 
-def _check_gaussian_sites(model, args, kwargs, parts: ModelParts, key) -> None:
+def _check_gaussian_sites(model, args, kwargs, parts: ModelParts, key, needs: str) -> None:
     trace = _trace(model, args, kwargs, substitutions={}, key=key)
     others = [
         f"{name!r} ({type(_innermost(trace[name]['fn'])).__name__})"
@@ -433,10 +465,7 @@ def _check_gaussian_sites(model, args, kwargs, parts: ModelParts, key) -> None:
         if _normal_of(trace[name]) is None
     ]
     if others:
-        raise ValueError(
-            "EnergyTwist averages Normal observations, but the observed site(s) "
-            f"{', '.join(others)} are not Normal; use TweedieTwist, which takes any likelihood."
-        )
+        raise ValueError(f"{needs}, but the observed site(s) {', '.join(others)} are not Normal.")
 
 
 def _model_functions(model, args, kwargs, parts: ModelParts):
@@ -487,3 +516,39 @@ def _model_smc(model, parts: ModelParts, process, args, kwargs, key, proposal, s
     return twisted_smc(
         process, norm_model, log_likelihood, observations, draw_others, key, proposal, **settings
     )
+
+
+@eqx.filter_jit
+def _model_split_gibbs(model, parts: ModelParts, process, args, kwargs, key, run, settings, steps):
+    """`run` with its draws moved by the split-Gibbs sweeps, one particle at a time in chunks."""
+    log_likelihood, observations, _ = _model_functions(model, args, kwargs, parts)
+    norm_model = getattr(parts.prior, "norm_model", None)
+
+    def one(particle):
+        key, z, log_r, others = particle
+        return split_gibbs(
+            key,
+            process,
+            norm_model,
+            log_likelihood,
+            observations,
+            z,
+            log_r,
+            others,
+            settings=settings,
+            steps=steps,
+        )
+
+    n = run.states.shape[0]
+    particles = (jax.random.split(key, n), run.states, run.log_r, run.others)
+    states, log_r = jax.lax.map(one, particles, batch_size=min(n, particle_chunk(process.dim)))
+    x = jax.vmap(process.data_point)(states, log_r)
+    finite = jnp.all(jnp.isfinite(x.reshape(n, -1)), axis=1) & jnp.isfinite(log_r)
+
+    def kept(new, old):
+        return jnp.where(finite.reshape((n,) + (1,) * (new.ndim - 1)), new, old)
+
+    refined = run._replace(
+        x=kept(x, run.x), states=kept(states, run.states), log_r=kept(log_r, run.log_r)
+    )
+    return refined, n - jnp.sum(finite)

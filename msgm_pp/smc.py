@@ -159,6 +159,14 @@ class RotationProcess(eqx.Module):
         mixing = -jnp.expm1(-2.0 * rate * tau) / (2.0 * rate)
         return jnp.exp(2.0 * log_r) * jnp.minimum(mixing, 1.0 / self.dim)
 
+    def score_at(self, u, log_r, s):
+        return self.score(u, log_r, s)
+
+    def perturb(self, u, theta, tau):
+        """(u + √τ G(u) θ)/|·|: the forward rotations over τ to first order in their increment θ
+        (G(u) θ stands for the noise's `displacement`)."""
+        return renormalise(u + jnp.sqrt(tau) * self.score.noise.displacement(u, theta))
+
     def tangent(self, u, gradient):
         return project_tangent(u, gradient)
 
@@ -200,8 +208,7 @@ class DiffusionProcess(eqx.Module):
 
     def denoised(self, y, log_r, s):
         """(Tweedie's x̂_0 with the remaining noise η²τ, the score s(x̃, t) = −ε_θ/σ_t)."""
-        epsilon, sigma = self.score.epsilon(y, s), self.score.sigma(s)
-        score = -epsilon / sigma
+        score = self.score_at(y, log_r, s)
         tau = self.noise_share * self.score.tau(s)
         return (y - jnp.expm1(-tau) * score) * jnp.exp(0.5 * tau), score
 
@@ -213,6 +220,13 @@ class DiffusionProcess(eqx.Module):
         mean, score = self.denoised(y, log_r, s)
         return (mean, jnp.full_like(mean, self.spread(log_r, s))), score
 
+    def score_at(self, y, log_r, s):
+        return -self.score.epsilon(y, s) / self.score.sigma(s)
+
+    def perturb(self, y, theta, tau):
+        """e^{−τ/2} x̃ + (1 − e^{−τ})^{1/2} θ: the forward VP diffusion over τ."""
+        return jnp.exp(-0.5 * tau) * y + jnp.sqrt(-jnp.expm1(-tau)) * theta
+
     def tangent(self, y, gradient):
         return gradient
 
@@ -223,6 +237,11 @@ class DiffusionProcess(eqx.Module):
         share = self.noise_share
         drift = 0.5 * y + 0.5 * (1.0 + share) * score + share * guidance
         return y + d_tau * drift + jnp.sqrt(share * d_tau) * xi
+
+
+def particle_chunk(dim: int) -> int:
+    """Particles per vectorised evaluation of the network, so that memory stays bounded."""
+    return max(1, PARTICLE_CHUNK_BUDGET // dim)
 
 
 def process_of(prior) -> RotationProcess | DiffusionProcess:
@@ -291,6 +310,8 @@ class SMCOutput(NamedTuple):
 
     x: jax.Array
     others: dict
+    states: jax.Array  # each draw's state in the reverse process at t_ε (u or x̃)
+    log_r: jax.Array  # each draw's log-norm (0 for an SGM)
     group_log_r: jax.Array
     group_redrawn_log_r: jax.Array  # a draw of each group's ℓ given one of its directions
     group_log_weights: jax.Array
@@ -404,7 +425,7 @@ def twisted_smc(
     latent sites, each with `group_size` particles that are resampled only among themselves (or,
     unless `weighted`, never). `twist` is a :mod:`msgm_pp.twists` twist; `observations` maps
     (x, θ) to the flat (values, means, scales) of Gaussian observed sites, or is None."""
-    chunk = max(1, PARTICLE_CHUNK_BUDGET // process.dim)
+    chunk = particle_chunk(process.dim)
 
     def twists(z, log_r, others, s):
         """The twist, score and guidance of every particle, in chunks of bounded memory."""
@@ -520,6 +541,8 @@ def twisted_smc(
     return SMCOutput(
         x=x[chosen],
         others=jax.tree.map(lambda a: a[chosen], others),
+        states=z[chosen],
+        log_r=log_r[chosen],
         group_log_r=group_log_r,
         group_redrawn_log_r=group_redrawn_log_r,
         group_log_weights=group_log_weights,
