@@ -163,9 +163,11 @@ class RotationProcess(eqx.Module):
         return self.score(u, log_r, s)
 
     def perturb(self, u, theta, tau):
-        """(u + √τ G(u) θ)/|·|: the forward rotations over τ to first order in their increment θ
-        (G(u) θ stands for the noise's `displacement`)."""
-        return renormalise(u + jnp.sqrt(tau) * self.score.noise.displacement(u, theta))
+        """(e^{−vτ/2} u + √τ G(u) θ)/|·|: the forward rotations over τ to first order in their
+        increment θ (G(u) θ stands for the noise's `displacement`), with their mean
+        E[u_τ] = e^{Lτ} u = e^{−vτ/2} u (v the spreading rate), so that |·| ≈ 1 on average."""
+        shrink = jnp.exp(-0.5 * self.score.spreading_rate() * tau)
+        return renormalise(shrink * u + jnp.sqrt(tau) * self.score.noise.displacement(u, theta))
 
     def tangent(self, u, gradient):
         return project_tangent(u, gradient)
