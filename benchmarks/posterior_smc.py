@@ -1,7 +1,7 @@
 """Posteriors under MSGM priors by `mp.TwistedSMC`: calibration, agreement with NUTS, and time.
 
-    python benchmarks/posterior_smc.py [--parts exact approximate cauchy4 tutorial coverage16]
-        [--problems 200]
+    python benchmarks/posterior_smc.py [--parts exact approximate refined cauchy4 tutorial
+        coverage16] [--problems 200]
 
 - exact: a d = 2 MSGM whose score is exact (`PointMassMixtureScore`: directions at 0.3, 2.0 and 4.0
   rad with weights 0.5, 0.3, 0.2; log-norms N(0, 0.5²) as a KDE), observed through
@@ -11,6 +11,7 @@
   the law that the SMC targets, so that an exact sampler covers 90% of them.
 - approximate: the same five observations with `weighted=False`, against quadrature (the bias of
   the fast approximate mode).
+- refined: the same with `refine=mp.SplitGibbs()` (the bias of the sweeps on a two-mode problem).
 - cauchy4: the paper's correlated Cauchy (d = 4); an MSGM fitted with the defaults to 8192 draws;
   y = H x + N(0, 0.05²) with the H of benchmarks/posterior_agreement.py. Coverage over
   `--problems` problems with x from the MSGM's sampler; then three problems with x from the true
@@ -76,9 +77,14 @@ def blur_model(prior, y=None):
     numpyro.sample("y", dist.Normal(BLUR @ x, 0.05).to_event(1), obs=y)
 
 
-def smc(model, prior, y, key, chains=4, weighted=True):
+def smc(model, prior, y, key, chains=4, weighted=True, refine=None):
     sampler = mp.TwistedSMC(
-        model, num_particles=1024, num_chains=chains, weighted=weighted, progress=False
+        model,
+        num_particles=1024,
+        num_chains=chains,
+        weighted=weighted,
+        refine=refine,
+        progress=False,
     )
     start = time.perf_counter()
     sampler.run(key, prior, y=y)
@@ -225,14 +231,15 @@ def exact_part(problems: int) -> dict:
     return {"quadrature": checks, "calibration": calibration}
 
 
-def approximate_part() -> dict:
-    """The bias of `weighted=False` on the exact d = 2 problem, against quadrature."""
+def approximate_part(refine=None) -> dict:
+    """The bias of `weighted=False` (with `refine`) on the exact d = 2 problem, against
+    quadrature."""
     prior = exact_prior()
     checks = []
     for seed, y in enumerate(EXACT_OBSERVATIONS):
         y = jnp.array([y])
         mean, sd, _ = quadrature(prior, y)
-        run = smc(line_model, prior, y, jax.random.key(seed), weighted=False)
+        run = smc(line_model, prior, y, jax.random.key(seed), weighted=False, refine=refine)
         checks.append(
             {
                 "y": float(y[0]),
@@ -241,7 +248,7 @@ def approximate_part() -> dict:
                 "seconds": run["seconds"],
             }
         )
-        print("approximate", checks[-1], flush=True)
+        print("approximate", refine, checks[-1], flush=True)
     return {"quadrature": checks}
 
 
@@ -351,8 +358,8 @@ def main():
     parser.add_argument(
         "--parts",
         nargs="+",
-        default=["exact", "approximate", "cauchy4", "tutorial", "coverage16"],
-        choices=["exact", "approximate", "cauchy4", "tutorial", "coverage16"],
+        default=["exact", "approximate", "refined", "cauchy4", "tutorial", "coverage16"],
+        choices=["exact", "approximate", "refined", "cauchy4", "tutorial", "coverage16"],
     )
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument(
@@ -367,6 +374,7 @@ def main():
     parts = {
         "exact": lambda: exact_part(args.problems),
         "approximate": approximate_part,
+        "refined": lambda: approximate_part(mp.SplitGibbs()),
         "cauchy4": lambda: cauchy_part(args.problems),
         "tutorial": lambda: tutorial_part(args.tutorial_chains),
         "coverage16": lambda: coverage16_part(args.problems),

@@ -72,7 +72,8 @@ def test_the_sweeps_bring_field_draws_that_miss_their_data_onto_it():
     """An 8×8 lattice MSGM with the zero score (uniform directions) and its norm known: the exact
     posterior pins the observed sites to within their noise (χ²/m about 1), but the approximate
     mode's guided rotations end far from them (median χ²/m about 600, measured). The sweeps reach
-    them up to the spread of the sampler's last step (measured 2.0 with 32 steps, 1.75 with 64)."""
+    them up to the spread of the sampler's last step (measured 2.0 with 32 steps; on a 16×16
+    lattice with 64 steps 1.15, from 92 without the sweeps)."""
     side, sigma = 8, 0.05
     fields = jax.random.t(jax.random.key(0), 2.0, (256, side, side))
     prior = mp.MSGM.build(fields, key=jax.random.key(1), noise=mp.LatticeNoise((side, side)))
