@@ -1,7 +1,7 @@
 """Seconds for the fast approximate mode of `mp.TwistedSMC` on one 32×32 deblurring problem.
 
     python benchmarks/approximate_speed.py MODEL [--particles 128] [--runs 2] [--pilot-steps N]
-        [--twist tweedie] [--output PATH]
+        [--twist tweedie] [--sweeps N] [--output PATH]
 
 About 10 minutes on 2 cores. For instance
     python benchmarks/approximate_speed.py MODEL \
@@ -13,9 +13,9 @@ MODEL is a lattice MSGM of `inverse_fields.fields`, for instance one saved by
 `lattice_sparse.py --save-models DIR`. The problem is `inverse_fields.py`'s deblurring task on one
 fresh field; the same sampler settings (`--particles` particles in groups of 16, one pilot round,
 `weighted=False`; the pilot with `--pilot-steps` reverse steps, by default the model's; the
-twist `--twist`, by default `mp.TweedieTwist()`) are run
-`--runs` times with different keys in one process, so the first run
-includes compilation and the later ones do not. Each row records XLA_FLAGS, which is read when
+twist `--twist`, by default `mp.TweedieTwist()`; with `--sweeps N`, `refine=mp.SplitGibbs(N)`)
+are run `--runs` times with different keys in one process, so the first run includes compilation
+and the later ones do not. Each row records XLA_FLAGS, which is read when
 JAX's backend starts: run the command once without and once with the flag above to compare
 XLA:CPU's fusion emitters (the default) with its elemental emitters.
 Writes benchmarks/results/approximate_speed.json (or `--output`).
@@ -39,6 +39,7 @@ def main():
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--pilot-steps", type=int, help="the pilot round's reverse steps")
     parser.add_argument("--twist", choices=sorted(TWISTS), default="tweedie")
+    parser.add_argument("--sweeps", type=int, help="refine with mp.SplitGibbs(sweeps)")
     parser.add_argument("--output", help="default: results/approximate_speed.json")
     args = parser.parse_args()
     prior = mp.load(args.model)
@@ -59,15 +60,18 @@ def main():
             False,
             args.pilot_steps,
             args.twist,
+            None if args.sweeps is None else mp.SplitGibbs(args.sweeps),
         )
         row = {
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "pilot_steps": args.pilot_steps,
             "twist": args.twist,
+            "sweeps": args.sweeps,
             "run": run,
             "seconds": result["seconds"],
             "seconds_per_100_draws": 100 * result["seconds"] / args.particles,
             "rmse": result["rmse"],
+            "chi2_per_observation": result["chi2_per_observation"],
         }
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -166,6 +166,7 @@ def smc_result(
     weighted: bool,
     pilot_steps=None,
     twist="tweedie",
+    refine=None,
 ) -> dict:
     sampler = mp.TwistedSMC(
         task.model,
@@ -174,6 +175,7 @@ def smc_result(
         pilot_steps=pilot_steps,
         weighted=weighted,
         twist=TWISTS[twist],
+        refine=refine,
         progress=False,
     )
     start = time.perf_counter()
