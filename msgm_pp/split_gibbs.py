@@ -65,7 +65,10 @@ class SplitGibbs(eqx.Module):
 
     Needs every observed site to be a Normal (as :class:`~msgm_pp.EnergyTwist` does). A sweep
     costs the reverse steps from its τ to t_ε, without the twist's gradient: on the 32×32
-    benchmark the default sweeps cost about half of the approximate run itself.
+    benchmark the default sweeps cost about a third of the approximate run itself. Their moves
+    are local: a draw left in the wrong one of separated modes is pushed to fit the data there,
+    through its norm, which can leave it worse than the run did (README, "Posteriors from the
+    score").
     """
 
     sweeps: int = eqx.field(static=True, default=16)

@@ -16,6 +16,7 @@ LAYERS = [
     {"score_based"},
     {"msgm", "sgm"},
     {"smc", "twists"},
+    {"split_gibbs"},
     {"metrics", "datasets", "diagnostics", "posterior"},
     {"plots"},
     {"__init__"},
