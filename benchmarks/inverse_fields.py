@@ -2,7 +2,7 @@
 prior, the SGM prior through the same sampler, and a Gaussian prior with the fitted covariance.
 
     python benchmarks/inverse_fields.py [--side 32] [--train 512] [--problems 2] [--particles 128]
-        [--twist tweedie]
+        [--twist tweedie] [--sweeps N]
 
 Fields (a known generator): sparse sources, each site one with probability 0.1 and a Student-t
 (ν = 1.5) amplitude, smoothed by a periodic Gaussian kernel of width 1 site. Priors, trained on
@@ -22,7 +22,8 @@ Tasks, each on `--problems` held-out fields:
 The score-based priors go through `mp.TwistedSMC` twice: weighted (asymptotically exact) and
 `weighted=False` (the fast approximate mode), `--particles` particles in groups of 16, one pilot
 round, the model's SDE steps, the twist `--twist` (`mp.TweedieTwist()`, the default, or
-`mp.EnergyTwist()`). Recorded per prior, sampler and task (means over problems): RMSE of
+`mp.EnergyTwist()`); with `--sweeps N` a third time, `weighted=False` with
+`refine=mp.SplitGibbs(N)`. Recorded per prior, sampler and task (means over problems): RMSE of
 the posterior mean, the share of sites inside their 90% interval, the same two on the extremes
 (the 1% of sites with the largest |x|), the draws' median χ² per observation |y − A x|²/(σ² m)
 (recorded since 0.14; about 1 where a draw fits the data), the seconds per run, the effective
@@ -218,6 +219,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=2)
     parser.add_argument("--particles", type=int, default=128)
     parser.add_argument("--twist", choices=sorted(TWISTS), default="tweedie")
+    parser.add_argument("--sweeps", type=int, help="also the approximate mode + SplitGibbs(N)")
     args = parser.parse_args()
     side = args.side
     keys = jax.random.split(jax.random.key(0), 8)
@@ -239,6 +241,9 @@ def main() -> None:
     print(f"unconditional draws: {unconditional_draws}", flush=True)
     mean, covariance = stationary_covariance(train)
 
+    modes = [("weighted", True, None), ("approximate", False, None)]
+    if args.sweeps:
+        modes.append(("approximate, split Gibbs", False, mp.SplitGibbs(args.sweeps)))
     results = []
     truths = fields(keys[3], args.problems, side)
     for task in tasks(side, sd, keys[4]):
@@ -250,11 +255,19 @@ def main() -> None:
                 truth, post_mean, post_mean - 1.645 * post_sd, post_mean + 1.645 * post_sd
             )
             for name, prior in priors.items():
-                for weighted in (True, False):
-                    label = f"{name} ({'weighted' if weighted else 'approximate'})"
+                for mode, weighted, refine in modes:
+                    label = f"{name} ({mode})"
                     run_key = jax.random.fold_in(keys[6], problem)
                     record[label] = smc_result(
-                        task, prior, y, truth, run_key, args.particles, weighted, twist=args.twist
+                        task,
+                        prior,
+                        y,
+                        truth,
+                        run_key,
+                        args.particles,
+                        weighted,
+                        twist=args.twist,
+                        refine=refine,
                     )
                     print(task.name, problem, label, record[label], flush=True)
             results.append(record)
