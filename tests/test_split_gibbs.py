@@ -20,7 +20,7 @@ def test_the_data_step_draws_the_gaussian_conditional_of_the_forward_diffusion()
     linear in θ, and the observations y = H (loc + scale ⊙ z) + ε are linear in z, so the data
     step is exact: z | x̃, y ~ N(C (a x̃/s² + Mᵀ(y − H loc)/σ²), C) with M = H diag(scale),
     C = (I/s² + MᵀM/σ²)⁻¹. 4096 draws: a mean's error is about 0.016 sd and a variance's about
-    2%, so 0.08 sd and 8% are 4–5 standard errors."""
+    2.2%, so 0.08 sd and 8% are 5 and 3.6 standard errors."""
     _, prior, y, *_ = gaussian_sgm_problem(jnp.ones(3))
     process = process_of(prior)
     operator, sigma = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, -1.0]]), 0.3
