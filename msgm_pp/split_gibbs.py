@@ -86,9 +86,8 @@ class SplitGibbs(eqx.Module):
                 f"tau_max={self.tau_max}."
             )
 
-    def first_steps(self, process, steps: int, dtype) -> jax.Array:
-        """The index on the reverse grid where each sweep's prior step starts."""
-        times = reverse_times(process.score.schedule, process.score.t_eps, steps, dtype)
+    def first_steps(self, process, times) -> jax.Array:
+        """The index on the reverse grid `times` where each sweep's prior step starts."""
         taus = jax.vmap(process.score.tau)(times[:-1])
         tau_min = taus[-1] if self.tau_min is None else self.tau_min
         targets = jnp.geomspace(self.tau_max, tau_min, self.sweeps)
@@ -138,7 +137,7 @@ def split_gibbs(
 ):
     """One particle's state (z, ℓ) after `settings.sweeps` sweeps (SGM: ℓ unchanged)."""
     times = reverse_times(process.score.schedule, process.score.t_eps, steps, z.dtype)
-    firsts = settings.first_steps(process, steps, z.dtype)
+    firsts = settings.first_steps(process, times)
 
     def sweep(carry, inputs):
         z, log_r = carry
