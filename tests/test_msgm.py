@@ -574,7 +574,7 @@ def test_the_old_weighted_keyword_maps_to_a_weighting(cauchy):
 
 @pytest.mark.slow
 def test_held_out_likelihood_is_close_to_the_truth_on_the_paper_task():
-    """The paper's task with the default recipe cut to 4000 steps (four fits, about 60 s): the
+    """The paper's task with the default recipe cut to 4000 steps (four fits, about 50 s): the
     held-out log-likelihood of 2000 points is within 0.3 nats of the analytic density. Measured
     with 0.17: 0.147, with a paired standard error of 0.020 (0.103 after 8000 steps, as with
     0.11); seeds of data and training move the gap by about 0.05 (benchmarks/density.py), so 0.3
