@@ -39,6 +39,7 @@ the README ("Fields") against the truth, the exact posteriors of the validation 
 exact posterior of a Gaussian field prior at 32×32 (benchmarks/field_exact_gaussian.py).
 """
 
+import dataclasses
 import math
 
 import equinox as eqx
@@ -46,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from msgm_pp._checks import check_positive_int
-from msgm_pp.samplers import reverse_times
+from msgm_pp.samplers import _stochasticity, reverse_times
 from msgm_pp.smc import conditional_log_norm
 from msgm_pp.twists import truncated_cg
 
@@ -65,6 +66,9 @@ class SplitGibbs(eqx.Module):
             the draws fit the data: their prior step adds about the kernel's spread after τ to
             the observations' noise variance.
         cg_steps: conjugate-gradient steps of each data step.
+        stochasticity: η of the prior steps' reverse SDE; None takes the sampler's. With an
+            exact score only η = 1 makes step 2 the exact conditional of x given z; with
+            η < 1 the sweeps drift as they grow (README, "Fields").
 
     Needs every observed site to be a Normal (as :class:`~msgm_pp.EnergyTwist` does). A sweep
     costs the reverse steps from its τ to t_ε, without the twist's gradient: on the 32×32
@@ -78,10 +82,13 @@ class SplitGibbs(eqx.Module):
     tau_max: float = eqx.field(static=True, default=0.5)
     tau_min: float | None = eqx.field(static=True, default=None)
     cg_steps: int = eqx.field(static=True, default=50)
+    stochasticity: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         check_positive_int(self.sweeps, "sweeps")
         check_positive_int(self.cg_steps, "cg_steps")
+        if self.stochasticity is not None:
+            _stochasticity(self.stochasticity)
         tau_min = self.tau_max if self.tau_min is None else self.tau_min
         if not 0.0 < float(tau_min) <= float(self.tau_max) < math.inf:
             raise ValueError(
@@ -141,6 +148,8 @@ def split_gibbs(
     """One particle's state (z, ℓ) after `settings.sweeps` sweeps (SGM: ℓ unchanged)."""
     times = reverse_times(process.score.schedule, process.score.t_eps, steps, z.dtype)
     firsts = settings.first_steps(process, times)
+    if settings.stochasticity is not None:
+        process = dataclasses.replace(process, noise_share=settings.stochasticity**2)
 
     def sweep(carry, inputs):
         z, log_r = carry

@@ -106,6 +106,28 @@ def test_the_sweeps_bring_field_draws_that_miss_their_data_onto_it():
     assert np.median(chi2) < 2.5
 
 
+def test_the_sweeps_own_stochasticity_replaces_the_samplers_in_their_prior_steps():
+    """`SplitGibbs(stochasticity=1)` on a prior that samples at η = ½ moves the same run's draws
+    exactly as the default sweeps do on the prior at η = 1, and differently from the default
+    sweeps at η = ½."""
+    model, prior, y, *_ = gaussian_sgm_problem(jnp.ones(3))
+    half = prior.with_options(sampler=mp.SDESampler(64, 0.5))
+    smc = mp.TwistedSMC(model, num_particles=64, weighted=False, progress=False)
+    smc.run(jax.random.key(2), half, y=y)
+    args, kwargs = smc._model_arguments
+
+    def swept(process, settings):
+        refined, _ = posterior_module._model_split_gibbs(
+            model, smc._parts, process, args, kwargs, jax.random.key(5), smc._runs[0], settings, 64
+        )
+        return np.asarray(refined.x)
+
+    at_one = process_of(half.with_options(sampler=mp.SDESampler(64, 1.0)))
+    own = swept(process_of(half), mp.SplitGibbs(8, stochasticity=1.0))
+    np.testing.assert_array_equal(own, swept(at_one, mp.SplitGibbs(8)))
+    assert not np.allclose(own, swept(process_of(half), mp.SplitGibbs(8)))
+
+
 @pytest.mark.parametrize(
     ("settings", "match"),
     [
@@ -114,6 +136,8 @@ def test_the_sweeps_bring_field_draws_that_miss_their_data_onto_it():
         ({"tau_min": 0.6}, "0 < tau_min <= tau_max < inf, got tau_min=0.6 and tau_max=0.5"),
         ({"tau_min": 0.0}, "0 < tau_min"),
         ({"tau_max": float("inf")}, "tau_max < inf"),
+        ({"stochasticity": 0.0}, "`stochasticity` must be a number in \\(0, 1\\]"),
+        ({"stochasticity": 1.5}, "`stochasticity` must be a number in \\(0, 1\\]"),
     ],
 )
 def test_bad_sweep_settings_are_refused(settings, match):
