@@ -2,8 +2,8 @@
 field benchmark's Gaussian prior.
 
     python benchmarks/field_exact_gaussian.py [--particles 512] [--stochasticity 0.5]
-        [--twist energy] [--sweeps 16 32 64] [--tasks deblur inpaint] [--fields 0 1]
-        [--output PATH]
+        [--twist energy] [--sweeps 16 32 64] [--sweep-stochasticity η'] [--tasks deblur inpaint]
+        [--fields 0 1] [--output PATH]
 
 No learned network is involved, so every difference from the closed form is the sampler's. The
 prior is `inverse_fields.py`'s Gaussian with the fitted covariance (the mean and averaged
@@ -14,14 +14,15 @@ task's posterior is Gaussian and closed-form (`inverse_fields.gaussian_posterior
 each task and held-out field of `inverse_fields.py` (the same observations), runs of
 `--particles` particles with `mp.SDESampler(128, η)` and the same key: the weighted mode, the
 approximate mode (`weighted=False`) and the approximate mode with `refine=mp.SplitGibbs(sweeps)`
-for each of `--sweeps` (the same approximate draws before the sweeps). Recorded per run, over
-the 1024 pixels: the standardised mean errors z = (mean − exact mean)/exact sd, as their root
-mean square and their largest |z|, beside the Monte-Carlo floor 1/√n of n independent exact
-draws (n the ESS for the weighted mode); the median ratio of the draws' sd to the exact sd; the
-exact posterior mass of the draws' 5–95% intervals (0.90 for exact draws, less by the quantiles'
-sampling error); the median χ² per observation of the draws; the ESS and seconds. About 12
-minutes on one core with the defaults (deblurring 8, inpainting 4). Writes
-benchmarks/results/field_exact_gaussian.json (or `--output`).
+for each of `--sweeps` (the same approximate draws before the sweeps), whose prior steps take
+the sampler's η or, with `--sweep-stochasticity`, their own (`SplitGibbs(stochasticity=η')`).
+Recorded per run, over the 1024 pixels: the standardised mean errors z = (mean − exact
+mean)/exact sd, as their root mean square and their largest |z|, beside the Monte-Carlo floor
+1/√n of n independent exact draws (n the ESS for the weighted mode); the median ratio of the
+draws' sd to the exact sd; the exact posterior mass of the draws' 5–95% intervals (0.90 for
+exact draws, less by the quantiles' sampling error); the median χ² per observation of the draws;
+the ESS and seconds. About 12 minutes on one core with the defaults (deblurring 8, inpainting
+4). Writes benchmarks/results/field_exact_gaussian.json (or `--output`).
 """
 
 import argparse
@@ -91,7 +92,7 @@ def against_exact(draws: np.ndarray, exact_mean, exact_sd, effective: float) -> 
     }
 
 
-def run(particles, eta, twist, sweeps, task_names, field_indices) -> list[dict]:
+def run(particles, eta, twist, sweeps, sweep_eta, task_names, field_indices) -> list[dict]:
     keys = jax.random.split(jax.random.key(0), 8)  # as inverse_fields.py
     train = fields(keys[0], 512, SIDE)
     truths = fields(keys[3], max(field_indices) + 1, SIDE)
@@ -100,7 +101,9 @@ def run(particles, eta, twist, sweeps, task_names, field_indices) -> list[dict]:
         "weighted": dict(weighted=True),
         "approximate": dict(weighted=False),
         **{
-            f"approximate, {n} sweeps": dict(weighted=False, refine=mp.SplitGibbs(n))
+            f"approximate, {n} sweeps": dict(
+                weighted=False, refine=mp.SplitGibbs(n, stochasticity=sweep_eta)
+            )
             for n in sweeps
         },
     }
@@ -145,12 +148,21 @@ def main():
     parser.add_argument("--stochasticity", type=float, default=0.5)
     parser.add_argument("--twist", choices=sorted(TWISTS), default="energy")
     parser.add_argument("--sweeps", nargs="+", type=int, default=[16, 32, 64])
+    parser.add_argument("--sweep-stochasticity", type=float, help="η of the sweeps' prior steps")
     parser.add_argument("--tasks", nargs="+", choices=["deblur", "inpaint"])
     parser.add_argument("--fields", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--output", help="default: results/field_exact_gaussian.json")
     args = parser.parse_args()
     task_names = args.tasks or ["deblur", "inpaint"]
-    rows = run(args.particles, args.stochasticity, args.twist, args.sweeps, task_names, args.fields)
+    rows = run(
+        args.particles,
+        args.stochasticity,
+        args.twist,
+        args.sweeps,
+        args.sweep_stochasticity,
+        task_names,
+        args.fields,
+    )
     write_rows(args, rows, "field_exact_gaussian.json")
 
 
