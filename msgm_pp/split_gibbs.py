@@ -82,13 +82,15 @@ class SplitGibbs(eqx.Module):
     tau_max: float = eqx.field(static=True, default=0.5)
     tau_min: float | None = eqx.field(static=True, default=None)
     cg_steps: int = eqx.field(static=True, default=50)
-    stochasticity: float | None = eqx.field(static=True, default=None)
+    stochasticity: float | None = eqx.field(
+        static=True,
+        default=None,
+        converter=lambda value: None if value is None else _stochasticity(value),
+    )
 
     def __check_init__(self):
         check_positive_int(self.sweeps, "sweeps")
         check_positive_int(self.cg_steps, "cg_steps")
-        if self.stochasticity is not None:
-            _stochasticity(self.stochasticity)
         tau_min = self.tau_max if self.tau_min is None else self.tau_min
         if not 0.0 < float(tau_min) <= float(self.tau_max) < math.inf:
             raise ValueError(
