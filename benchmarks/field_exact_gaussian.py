@@ -40,6 +40,7 @@ from inverse_fields import (
     fields,
     gaussian_posterior_moments,
     stationary_covariance,
+    stationary_power,
     tasks,
 )
 from scipy import stats
@@ -69,9 +70,9 @@ def exact_gaussian_sgm(train: np.ndarray, eta: float) -> tuple[mp.SGM, np.ndarra
     """(the SGM, the prior mean, the prior covariance) of the fitted stationary Gaussian."""
     mean, covariance = stationary_covariance(train)
     scale = float(train.std())
-    power = np.mean(np.abs(np.fft.fft2(train - train.mean())) ** 2, axis=0) / (SIDE * SIDE)
     schedule = mp.vp_schedule()
-    net = CirculantNoisePrediction(jnp.asarray(power / scale**2, jnp.float32), schedule)
+    spectrum = stationary_power(train) / scale**2
+    net = CirculantNoisePrediction(jnp.asarray(spectrum, jnp.float32), schedule)
     loc = jnp.full(SIDE * SIDE, float(mean[0]), jnp.float32)
     score = VPScore(net, schedule, loc, jnp.full(SIDE * SIDE, scale, jnp.float32), T_EPS)
     return mp.SGM(score, sampler=mp.SDESampler(STEPS, eta)), mean, covariance

@@ -112,12 +112,17 @@ def tasks(side: int, sd: float, key) -> list[Task]:
     ]
 
 
+def stationary_power(train: np.ndarray) -> np.ndarray:
+    """The averaged periodogram (side, side): the eigenvalues of the fitted circulant covariance."""
+    side = train.shape[-1]
+    return np.mean(np.abs(np.fft.fft2(train - train.mean())) ** 2, axis=0) / (side * side)
+
+
 def stationary_covariance(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, covariance) of a stationary periodic Gaussian: the averaged periodogram."""
     side = train.shape[-1]
     mean = np.full(side * side, train.mean())
-    power = np.mean(np.abs(np.fft.fft2(train - train.mean())) ** 2, axis=0) / (side * side)
-    autocovariance = np.fft.ifft2(power).real
+    autocovariance = np.fft.ifft2(stationary_power(train)).real
     rows, cols = np.divmod(np.arange(side * side), side)
     lag_rows = (rows[:, None] - rows[None, :]) % side
     lag_cols = (cols[:, None] - cols[None, :]) % side
